@@ -1,0 +1,263 @@
+"""Wire translation between the preview dialect and the GA vocabulary, on plain dicts.
+
+Four directions, one per side of a connection:
+
+* a client on a preview endpoint: ``ga_to_preview_client`` out, ``preview_to_ga_server`` in;
+* a server (the local engine) serving a preview client: ``preview_to_ga_client`` in,
+  ``ga_to_preview_server`` out.
+
+Each function returns a list, since one event can become zero or two in the other dialect
+(preview's ``conversation.item.created`` is GA's ``conversation.item.added`` and, for a finished
+item, ``conversation.item.done``; GA's ``conversation.item.done`` has no preview twin).
+Events that need no change are passed through as the same object (no copy on the hot path).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from .errors import ProtocolError
+from .session import SessionConfig
+
+
+class Dialect(str, enum.Enum):
+    GA = "ga"
+    PREVIEW = "preview"
+
+
+_PREVIEW_TO_GA_TYPES = {
+    "response.audio.delta": "response.output_audio.delta",
+    "response.audio.done": "response.output_audio.done",
+    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.done": "response.output_audio_transcript.done",
+    "response.text.delta": "response.output_text.delta",
+    "response.text.done": "response.output_text.done",
+}
+_GA_TO_PREVIEW_TYPES = {v: k for k, v in _PREVIEW_TO_GA_TYPES.items()}
+
+_PART_TO_GA = {"text": "output_text", "audio": "output_audio"}
+_PART_TO_PREVIEW = {"output_text": "text", "output_audio": "audio"}
+
+
+# ---------------------------------------------------------------------------------- items
+
+
+def item_to_ga(item: dict[str, Any]) -> dict[str, Any]:
+    """Preview item -> GA item (assistant content parts ``text``/``audio`` renamed)."""
+    content = item.get("content")
+    if not content or not any(p.get("type") in _PART_TO_GA for p in content):
+        return item
+    return {
+        **item,
+        "content": [
+            {**p, "type": _PART_TO_GA[p["type"]]} if p.get("type") in _PART_TO_GA else p
+            for p in content
+        ],
+    }
+
+
+def item_to_preview(item: dict[str, Any]) -> dict[str, Any]:
+    """GA item -> preview item."""
+    content = item.get("content")
+    if not content or not any(p.get("type") in _PART_TO_PREVIEW for p in content):
+        return item
+    return {
+        **item,
+        "content": [
+            {**p, "type": _PART_TO_PREVIEW[p["type"]]} if p.get("type") in _PART_TO_PREVIEW else p
+            for p in content
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------- responses
+
+
+def response_to_ga(resp: dict[str, Any]) -> dict[str, Any]:
+    """A preview response object (``response.created``/``done``) in GA shape."""
+    out = dict(resp)
+    if "modalities" in out:
+        mods = out.pop("modalities") or []
+        out["output_modalities"] = ["audio"] if "audio" in mods else ["text"]
+    voice = out.pop("voice", None)
+    fmt = out.pop("output_audio_format", None)
+    out.pop("temperature", None)
+    if voice is not None or fmt is not None:
+        aout: dict[str, Any] = {}
+        if fmt is not None:
+            aout["format"] = SessionConfig(output_format=fmt).to_ga()["audio"]["output"]["format"]
+        if voice is not None:
+            aout["voice"] = voice
+        out["audio"] = {"output": aout}
+    if "max_response_output_tokens" in out:
+        out["max_output_tokens"] = out.pop("max_response_output_tokens")
+    if out.get("output"):
+        out["output"] = [item_to_ga(i) for i in out["output"]]
+    return out
+
+
+def response_to_preview(resp: dict[str, Any]) -> dict[str, Any]:
+    """A GA response object in preview shape."""
+    out = dict(resp)
+    if "output_modalities" in out:
+        mods = out.pop("output_modalities") or []
+        out["modalities"] = ["text", "audio"] if "audio" in mods else ["text"]
+    audio = out.pop("audio", None)
+    if isinstance(audio, dict):
+        aout = audio.get("output") or {}
+        if "voice" in aout:
+            out["voice"] = aout["voice"]
+        if "format" in aout:
+            cfg = SessionConfig.from_ga({"audio": {"output": {"format": aout["format"]}}})
+            out["output_audio_format"] = cfg.output_format
+    if out.get("output"):
+        out["output"] = [item_to_preview(i) for i in out["output"]]
+    return out
+
+
+def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
+    """``response.create``'s ``response`` from preview to GA shape."""
+    out = response_to_ga(params)
+    if "input" in out and out["input"]:
+        out["input"] = [item_to_ga(i) for i in out["input"]]
+    if "temperature" in params:
+        out["temperature"] = params["temperature"]
+    return out
+
+
+def response_params_to_preview(params: dict[str, Any]) -> dict[str, Any]:
+    """``response.create``'s ``response`` from GA to preview shape."""
+    out = response_to_preview(params)
+    if "max_output_tokens" in out:
+        out["max_response_output_tokens"] = out.pop("max_output_tokens")
+    if "input" in out and out["input"]:
+        out["input"] = [item_to_preview(i) for i in out["input"]]
+    return out
+
+
+# ---------------------------------------------------------------------------------- server side
+
+
+def preview_to_ga_server(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A server event from a preview endpoint, in the GA vocabulary."""
+    kind = event.get("type", "")
+    renamed = _PREVIEW_TO_GA_TYPES.get(kind)
+    if renamed is not None:
+        return [{**event, "type": renamed}]
+    if kind == "conversation.item.created":
+        item = item_to_ga(event.get("item") or {})
+        added = {**event, "type": "conversation.item.added", "item": item}
+        if item.get("status") == "completed" or item.get("type") == "function_call_output":
+            done = {**added, "type": "conversation.item.done"}
+            if event.get("event_id"):
+                done["event_id"] = event["event_id"] + "_done"
+            return [added, done]
+        return [added]
+    if kind in ("session.created", "session.updated"):
+        session = event.get("session") or {}
+        try:
+            cfg = SessionConfig.from_preview(session)
+        except ProtocolError:
+            return [event]
+        ga = cfg.to_ga()
+        for key in ("id", "object", "expires_at"):
+            if key in session:
+                ga[key] = session[key]
+        return [{**event, "session": ga}]
+    if kind in ("response.created", "response.done"):
+        return [{**event, "response": response_to_ga(event.get("response") or {})}]
+    if kind in (
+        "response.output_item.added",
+        "response.output_item.done",
+        "conversation.item.retrieved",
+    ):
+        return [{**event, "item": item_to_ga(event.get("item") or {})}]
+    return [event]
+
+
+def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[dict[str, Any]]:
+    """A GA-vocabulary server event, as a preview endpoint would send it."""
+    kind = event.get("type", "")
+    renamed = _GA_TO_PREVIEW_TYPES.get(kind)
+    if renamed is not None:
+        return [{**event, "type": renamed}]
+    if kind == "conversation.item.added":
+        return [
+            {
+                **event,
+                "type": "conversation.item.created",
+                "item": item_to_preview(event.get("item") or {}),
+            }
+        ]
+    if kind == "conversation.item.done":
+        return []
+    if kind in ("session.created", "session.updated"):
+        session = event.get("session") or {}
+        cfg = SessionConfig.from_ga(session)
+        prev = cfg.to_preview(azure=azure)
+        for key in ("id", "object", "expires_at"):
+            if key in session:
+                prev[key] = session[key]
+        return [{**event, "session": prev}]
+    if kind in ("response.created", "response.done"):
+        return [{**event, "response": response_to_preview(event.get("response") or {})}]
+    if kind in (
+        "response.output_item.added",
+        "response.output_item.done",
+        "conversation.item.retrieved",
+    ):
+        return [{**event, "item": item_to_preview(event.get("item") or {})}]
+    return [event]
+
+
+# ---------------------------------------------------------------------------------- client side
+
+
+def ga_to_preview_client(event: dict[str, Any], *, azure: bool = True) -> dict[str, Any]:
+    """A GA-vocabulary client event, in the preview dialect."""
+    kind = event.get("type", "")
+    if kind == "session.update":
+        cfg = SessionConfig.from_ga(event.get("session") or {})
+        session = cfg.to_preview(azure=azure)
+        temp = (event.get("session") or {}).get("temperature")
+        if temp is not None:
+            session["temperature"] = temp
+        return {**event, "session": session}
+    if kind == "conversation.item.create":
+        return {**event, "item": item_to_preview(event.get("item") or {})}
+    if kind == "response.create" and event.get("response"):
+        return {**event, "response": response_params_to_preview(event["response"])}
+    return event
+
+
+def preview_to_ga_client(event: dict[str, Any]) -> dict[str, Any]:
+    """A preview client event, in the GA vocabulary (``session`` is strictly validated).
+
+    Raises :class:`ProtocolError` naming the parameter when the session has a field the
+    preview endpoint does not know (for example ``session.type``).
+    """
+    kind = event.get("type", "")
+    if kind == "session.update":
+        session = event.get("session")
+        if not isinstance(session, dict):
+            raise ProtocolError(
+                "Missing required parameter: 'session'.",
+                code="missing_required_parameter",
+                param="session",
+                event_id=event.get("event_id"),
+            )
+        try:
+            cfg = SessionConfig.from_preview(session, strict=True)
+        except ProtocolError as exc:
+            exc.event_id = event.get("event_id")
+            raise
+        ga = cfg.to_ga()
+        if "temperature" in session:
+            ga["temperature"] = session["temperature"]
+        return {**event, "session": ga}
+    if kind == "conversation.item.create" and isinstance(event.get("item"), dict):
+        return {**event, "item": item_to_ga(event["item"])}
+    if kind == "response.create" and isinstance(event.get("response"), dict):
+        return {**event, "response": response_params_to_ga(event["response"])}
+    return event

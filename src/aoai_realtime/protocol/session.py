@@ -1,0 +1,373 @@
+"""One session configuration, rendered to the preview's flat shape or the GA's nested one.
+
+Only the fields that were set are rendered, so a ``session.update`` stays partial, and an
+explicit ``None`` is kept: ``turn_detection=None`` turns turn detection off (``null`` in GA,
+``{"type": "none"}`` on Azure's preview endpoint, ``null`` on other preview endpoints).
+
+``from_ga`` / ``from_preview`` read either shape back; with ``strict=True`` they refuse unknown or
+wrong-dialect fields the way the service does (``Unknown parameter: 'session.type'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ProtocolError, invalid_value, unknown_parameter
+
+AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
+
+PREVIEW_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse")
+GA_VOICES = (*PREVIEW_VOICES, "marin", "cedar")
+
+_GA_FORMATS: dict[str, dict[str, Any]] = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+_FROM_GA_FORMAT = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def render(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class TurnDetection(_Strict):
+    """``server_vad`` or ``semantic_vad``; VAD durations are integers (the spec says numbers)."""
+
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(default=None, ge=0)
+    silence_duration_ms: int | None = Field(default=None, ge=0)
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+    idle_timeout_ms: int | None = Field(default=None, ge=0)
+
+    def render(self) -> dict[str, Any]:
+        out = super().render()
+        out["type"] = self.type
+        return out
+
+
+class Transcription(_Strict):
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+
+
+class NoiseReduction(_Strict):
+    type: Literal["near_field", "far_field"] | None = None
+
+
+class SessionConfig(BaseModel):
+    """The session of a conversation, independent of the dialect it travels in."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    type: Literal["realtime", "transcription"] | None = None
+    model: str | None = None
+    instructions: str | None = None
+    output_modalities: list[Literal["text", "audio"]] | None = None
+    voice: str | None = None
+    speed: float | None = Field(default=None, ge=0.25, le=1.5)
+    input_format: AudioFormat | None = None
+    output_format: AudioFormat | None = None
+    transcription: Transcription | None = None
+    turn_detection: TurnDetection | None = None
+    noise_reduction: NoiseReduction | None = None
+    temperature: float | None = Field(default=None, ge=0.6, le=1.2)
+    max_output_tokens: int | Literal["inf"] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    include: list[str] | None = None
+    tracing: Any = None
+    truncation: Any = None
+    prompt: Any = None
+
+    # ------------------------------------------------------------------ merging
+
+    def merged(self, update: SessionConfig) -> SessionConfig:
+        """This configuration with the fields that ``update`` sets replaced."""
+        data = {name: getattr(self, name) for name in self.model_fields_set}
+        data.update({name: getattr(update, name) for name in update.model_fields_set})
+        return SessionConfig.model_validate(
+            {
+                k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v)
+                for k, v in data.items()
+            }
+        )
+
+    def is_set(self, name: str) -> bool:
+        return name in self.model_fields_set
+
+    @property
+    def audio_out(self) -> bool:
+        return self.output_modalities is None or "audio" in self.output_modalities
+
+    # ------------------------------------------------------------------ GA shape
+
+    def to_ga(self) -> dict[str, Any]:
+        """The GA ``session`` object (``type`` always present, as the GA service requires)."""
+        s = self.model_fields_set
+        out: dict[str, Any] = {"type": self.type or "realtime"}
+        for name in (
+            "model",
+            "instructions",
+            "output_modalities",
+            "max_output_tokens",
+            "tools",
+            "tool_choice",
+            "include",
+            "tracing",
+            "truncation",
+            "prompt",
+        ):
+            if name in s:
+                out[name] = getattr(self, name)
+        audio_in: dict[str, Any] = {}
+        if "input_format" in s and self.input_format:
+            audio_in["format"] = dict(_GA_FORMATS[self.input_format])
+        if "transcription" in s:
+            audio_in["transcription"] = self.transcription.render() if self.transcription else None
+        if "turn_detection" in s:
+            audio_in["turn_detection"] = (
+                self.turn_detection.render() if self.turn_detection else None
+            )
+        if "noise_reduction" in s:
+            audio_in["noise_reduction"] = (
+                self.noise_reduction.render() if self.noise_reduction else None
+            )
+        audio_out: dict[str, Any] = {}
+        if "output_format" in s and self.output_format:
+            audio_out["format"] = dict(_GA_FORMATS[self.output_format])
+        if "voice" in s:
+            audio_out["voice"] = self.voice
+        if "speed" in s:
+            audio_out["speed"] = self.speed
+        audio: dict[str, Any] = {}
+        if audio_in:
+            audio["input"] = audio_in
+        if audio_out:
+            audio["output"] = audio_out
+        if audio:
+            out["audio"] = audio
+        return out
+
+    @classmethod
+    def from_ga(cls, session: dict[str, Any], *, strict: bool = False) -> SessionConfig:
+        """Read a GA ``session`` object. ``strict`` refuses what the GA service refuses."""
+        if strict:
+            _check_keys(session, _GA_TOP, "session")
+        data: dict[str, Any] = {}
+        for name in (
+            "type",
+            "model",
+            "instructions",
+            "output_modalities",
+            "max_output_tokens",
+            "tools",
+            "tool_choice",
+            "include",
+            "tracing",
+            "truncation",
+            "prompt",
+        ):
+            if name in session:
+                data[name] = session[name]
+        audio = session.get("audio")
+        if audio is not None:
+            if not isinstance(audio, dict):
+                raise invalid_value("session.audio", "Invalid type for 'session.audio'.")
+            if strict:
+                _check_keys(audio, {"input", "output"}, "session.audio")
+            ain = audio.get("input") or {}
+            aout = audio.get("output") or {}
+            if strict:
+                _check_keys(
+                    ain,
+                    {"format", "transcription", "turn_detection", "noise_reduction"},
+                    "session.audio.input",
+                )
+                _check_keys(aout, {"format", "voice", "speed"}, "session.audio.output")
+            if "format" in ain:
+                data["input_format"] = _read_ga_format(ain["format"], "session.audio.input.format")
+            for name in ("transcription", "turn_detection", "noise_reduction"):
+                if name in ain:
+                    data[name] = ain[name]
+            if "format" in aout:
+                data["output_format"] = _read_ga_format(
+                    aout["format"], "session.audio.output.format"
+                )
+            if "voice" in aout:
+                data["voice"] = aout["voice"]
+            if "speed" in aout:
+                data["speed"] = aout["speed"]
+        return _validate(data, "session", _GA_PATHS)
+
+    # ------------------------------------------------------------------ preview shape
+
+    def to_preview(self, *, azure: bool = True) -> dict[str, Any]:
+        """The preview's flat ``session`` object.
+
+        ``azure`` renders "turn detection off" as ``{"type": "none"}``, which Azure's preview
+        endpoint expects; other preview endpoints take ``null``.
+        """
+        s = self.model_fields_set
+        out: dict[str, Any] = {}
+        for name in ("model", "instructions", "tools", "tool_choice", "temperature"):
+            if name in s:
+                out[name] = getattr(self, name)
+        if "output_modalities" in s and self.output_modalities is not None:
+            out["modalities"] = ["text", "audio"] if "audio" in self.output_modalities else ["text"]
+        if "voice" in s:
+            out["voice"] = self.voice
+        if "input_format" in s:
+            out["input_audio_format"] = self.input_format
+        if "output_format" in s:
+            out["output_audio_format"] = self.output_format
+        if "transcription" in s:
+            out["input_audio_transcription"] = (
+                self.transcription.render() if self.transcription else None
+            )
+        if "turn_detection" in s:
+            if self.turn_detection is None:
+                out["turn_detection"] = {"type": "none"} if azure else None
+            else:
+                td = self.turn_detection.render()
+                td.pop("idle_timeout_ms", None)
+                out["turn_detection"] = td
+        if "noise_reduction" in s:
+            out["input_audio_noise_reduction"] = (
+                self.noise_reduction.render() if self.noise_reduction else None
+            )
+        if "max_output_tokens" in s:
+            out["max_response_output_tokens"] = self.max_output_tokens
+        return out
+
+    @classmethod
+    def from_preview(cls, session: dict[str, Any], *, strict: bool = False) -> SessionConfig:
+        """Read a preview ``session`` object. ``strict`` refuses what the preview refuses."""
+        if strict:
+            _check_keys(session, _PREVIEW_TOP, "session")
+        data: dict[str, Any] = {}
+        for name in ("model", "instructions", "tools", "tool_choice", "temperature", "voice"):
+            if name in session:
+                data[name] = session[name]
+        if "modalities" in session:
+            mods = session["modalities"]
+            if not isinstance(mods, list) or not all(m in ("text", "audio") for m in mods):
+                raise invalid_value(
+                    "session.modalities",
+                    "Invalid value for 'session.modalities': expected a list of 'text'/'audio'.",
+                )
+            data["output_modalities"] = ["audio"] if "audio" in mods else ["text"]
+        if "input_audio_format" in session:
+            data["input_format"] = session["input_audio_format"]
+        if "output_audio_format" in session:
+            data["output_format"] = session["output_audio_format"]
+        if "input_audio_transcription" in session:
+            data["transcription"] = session["input_audio_transcription"]
+        if "turn_detection" in session:
+            td = session["turn_detection"]
+            data["turn_detection"] = None if td is None or td.get("type") == "none" else td
+        if "input_audio_noise_reduction" in session:
+            data["noise_reduction"] = session["input_audio_noise_reduction"]
+        if "max_response_output_tokens" in session:
+            data["max_output_tokens"] = session["max_response_output_tokens"]
+        return _validate(data, "session", _PREVIEW_PATHS)
+
+
+_GA_TOP = {
+    "type",
+    "model",
+    "instructions",
+    "output_modalities",
+    "audio",
+    "max_output_tokens",
+    "tools",
+    "tool_choice",
+    "include",
+    "tracing",
+    "truncation",
+    "prompt",
+    "object",
+    "id",
+    "expires_at",
+}
+_PREVIEW_TOP = {
+    "model",
+    "instructions",
+    "modalities",
+    "voice",
+    "input_audio_format",
+    "output_audio_format",
+    "input_audio_transcription",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "temperature",
+    "max_response_output_tokens",
+    "tools",
+    "tool_choice",
+    "object",
+    "id",
+    "expires_at",
+}
+# Where each SessionConfig field lives on the wire, to name the parameter in errors.
+_GA_PATHS = {
+    "input_format": "session.audio.input.format",
+    "output_format": "session.audio.output.format",
+    "transcription": "session.audio.input.transcription",
+    "turn_detection": "session.audio.input.turn_detection",
+    "noise_reduction": "session.audio.input.noise_reduction",
+    "voice": "session.audio.output.voice",
+    "speed": "session.audio.output.speed",
+}
+_PREVIEW_PATHS = {
+    "input_format": "session.input_audio_format",
+    "output_format": "session.output_audio_format",
+    "transcription": "session.input_audio_transcription",
+    "noise_reduction": "session.input_audio_noise_reduction",
+    "max_output_tokens": "session.max_response_output_tokens",
+    "output_modalities": "session.modalities",
+}
+
+
+def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise invalid_value(where, f"Invalid type for '{where}': expected an object.")
+    for key in obj:
+        if key not in allowed:
+            raise unknown_parameter(f"{where}.{key}")
+
+
+def _read_ga_format(fmt: Any, where: str) -> str:
+    if isinstance(fmt, dict) and fmt.get("type") in _FROM_GA_FORMAT:
+        if fmt.get("type") == "audio/pcm" and fmt.get("rate", 24000) != 24000:
+            raise invalid_value(f"{where}.rate", f"Invalid value for '{where}.rate': only 24000.")
+        return _FROM_GA_FORMAT[fmt["type"]]
+    raise invalid_value(
+        f"{where}.type" if isinstance(fmt, dict) else where,
+        f"Invalid value for '{where}': expected one of "
+        "{'type': 'audio/pcm', 'rate': 24000}, {'type': 'audio/pcmu'}, {'type': 'audio/pcma'}.",
+    )
+
+
+def _validate(data: dict[str, Any], root: str, paths: dict[str, str]) -> SessionConfig:
+    try:
+        return SessionConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        field = loc[0] if loc else ""
+        base = paths.get(field, f"{root}.{field}")
+        param = ".".join([base, *loc[1:]]) if loc else root
+        if err["type"] == "extra_forbidden":
+            raise unknown_parameter(param) from None
+        raise ProtocolError(
+            f"Invalid value for '{param}': {err['msg']}.", code="invalid_value", param=param
+        ) from None
