@@ -14,7 +14,7 @@ import os
 import struct
 import wave
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal, Union, overload
 
 import numpy as np
@@ -80,7 +80,8 @@ def _pcm16_array(pcm16: bytes | bytearray | memoryview) -> npt.NDArray[np.int16]
 
 def pcm16_to_float(b: bytes | bytearray | memoryview) -> FloatArray:
     """PCM16 little-endian bytes to float32 samples in [-1, 1) (divided by 32768)."""
-    return _pcm16_array(b).astype(np.float32) / np.float32(32768.0)
+    out: FloatArray = _pcm16_array(b).astype(np.float32) / np.float32(32768.0)
+    return out
 
 
 def float_to_pcm16(a: npt.ArrayLike) -> bytes:
@@ -116,14 +117,22 @@ def resample(
         pcm = _pcm16_array(samples)
         if from_rate == to_rate or pcm.size == 0:
             return bytes(samples)
-        out = soxr.resample(pcm, from_rate, to_rate, quality="HQ")
-        return np.asarray(out, dtype="<i2").tobytes()
+        return float_to_pcm16(_soxr(pcm16_to_float(samples), from_rate, to_rate))
     arr = np.asarray(samples)
-    if arr.dtype not in (np.float32, np.float64, np.int16, np.int32):
-        arr = arr.astype(np.float32)
     if from_rate == to_rate or arr.shape[0] == 0:
-        return arr.copy()
-    return np.asarray(soxr.resample(arr, from_rate, to_rate, quality="HQ"))
+        return np.array(arr, copy=True)
+    if arr.dtype == np.int16:
+        out = _soxr(arr.astype(np.float32) / np.float32(32768.0), from_rate, to_rate)
+        return np.frombuffer(float_to_pcm16(out), dtype="<i2").astype(np.int16).reshape(out.shape)
+    if arr.dtype not in (np.float32, np.float64, np.int32):
+        arr = arr.astype(np.float32)
+    return _soxr(arr, from_rate, to_rate)
+
+
+def _soxr(x: npt.NDArray[Any], from_rate: int, to_rate: int) -> npt.NDArray[Any]:
+    # PCM16 goes through float32 on purpose: soxr dithers int16 output with a per-stream seed,
+    # which makes results differ from run to run.
+    return np.asarray(soxr.resample(x, from_rate, to_rate, quality="HQ"))
 
 
 class Resampler:
@@ -147,7 +156,7 @@ class Resampler:
     def _new_stream(self) -> None:
         if self.from_rate != self.to_rate:
             self._stream = soxr.ResampleStream(
-                self.from_rate, self.to_rate, 1, dtype="int16", quality="HQ"
+                self.from_rate, self.to_rate, 1, dtype="float32", quality="HQ"
             )
 
     def process(self, pcm16: bytes) -> bytes:
@@ -157,8 +166,7 @@ class Resampler:
         data, self._carry = data[:cut], data[cut:]
         if self._stream is None or not data:
             return data
-        out = self._stream.resample_chunk(np.frombuffer(data, dtype="<i2").astype(np.int16))
-        return np.asarray(out, dtype="<i2").tobytes()
+        return float_to_pcm16(self._stream.resample_chunk(pcm16_to_float(data)))
 
     def flush(self) -> bytes:
         """Return the samples still held in the filter and reset for a new stream.
@@ -168,9 +176,9 @@ class Resampler:
         self._carry = b""
         if self._stream is None:
             return b""
-        out = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+        out = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         self._new_stream()
-        return np.asarray(out, dtype="<i2").tobytes()
+        return float_to_pcm16(out)
 
     def __repr__(self) -> str:
         return f"Resampler(from_rate={self.from_rate}, to_rate={self.to_rate})"
@@ -181,9 +189,7 @@ def _check_rate(rate: int, name: str) -> None:
         raise ValueError(f"{name} must be a positive whole number of Hz (got {rate!r})")
 
 
-def to_pcm16_24k(
-    samples: bytes | npt.NDArray[Any], rate: int, channels: int = 1
-) -> bytes:
+def to_pcm16_24k(samples: bytes | npt.NDArray[Any], rate: int, channels: int = 1) -> bytes:
     """Any audio to what the service wants: PCM16 mono 24 kHz bytes.
 
     ``samples`` is PCM16 bytes (interleaved when ``channels > 1``), an interleaved 1-D array or a
@@ -204,12 +210,15 @@ def to_pcm16_24k(
 
 
 def _to_float(arr: npt.NDArray[Any]) -> FloatArray:
+    out: FloatArray
     if arr.dtype == np.int16:
-        return arr.astype(np.float32) / np.float32(32768.0)
+        out = arr.astype(np.float32) / np.float32(32768.0)
+        return out
     if arr.dtype == np.int32:
         return (arr.astype(np.float64) / 2147483648.0).astype(np.float32)
     if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) - 128.0) / np.float32(128.0)
+        out = (arr.astype(np.float32) - 128.0) / np.float32(128.0)
+        return out
     if np.issubdtype(arr.dtype, np.floating):
         return arr.astype(np.float32)
     raise ValueError(f"unsupported sample dtype {arr.dtype}: use int16, int32, uint8 or float")
@@ -247,8 +256,8 @@ def _ulaw_encode_formula(x: npt.NDArray[np.int16]) -> npt.NDArray[np.uint8]:
     return (u ^ mask).astype(np.uint8)
 
 
-def _ulaw_decode_formula(u: npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
-    u = (~u.astype(np.int32)) & 0xFF
+def _ulaw_decode_formula(code: npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
+    u = (~code.astype(np.int32)) & 0xFF
     t = (((u & 0x0F) << 3) + _ULAW_BIAS) << ((u & 0x70) >> 4)
     return np.where(u & 0x80, _ULAW_BIAS - t, t - _ULAW_BIAS).astype(np.int16)
 
@@ -262,15 +271,16 @@ def _alaw_encode_formula(x: npt.NDArray[np.int16]) -> npt.NDArray[np.uint8]:
     return (a ^ mask).astype(np.uint8)
 
 
-def _alaw_decode_formula(a: npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
-    a = a.astype(np.int32) ^ 0x55
+def _alaw_decode_formula(code: npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
+    a = code.astype(np.int32) ^ 0x55
     seg = (a & 0x70) >> 4
     t = ((a & 0x0F) << 4) + np.where(seg == 0, 8, 0x108)
     t = t << np.maximum(seg - 1, 0)
-    return np.where(a & 0x80, t, -t).astype(np.int16)
+    out: npt.NDArray[np.int16] = np.where(a & 0x80, t, -t).astype(np.int16)
+    return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables() -> dict[str, npt.NDArray[Any]]:
     every_sample = np.arange(65536, dtype=np.uint16).view(np.int16)  # index = uint16 bit pattern
     every_byte = np.arange(256, dtype=np.uint8)
@@ -393,7 +403,9 @@ def _read_wav_riff(data: bytes) -> tuple[FloatArray, int]:
         if len(fmt) < 40:
             raise ValueError("malformed WAV file: WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk is short")
         (tag,) = struct.unpack_from("<H", fmt, 24)  # first two bytes of the SubFormat GUID
-        name = "WAVE_FORMAT_EXTENSIBLE with " + _WAVE_FORMAT_NAMES.get(tag, f"subformat 0x{tag:04X}")
+        name = "WAVE_FORMAT_EXTENSIBLE with " + _WAVE_FORMAT_NAMES.get(
+            tag, f"subformat 0x{tag:04X}"
+        )
     if channels < 1:
         raise ValueError("malformed WAV file: zero channels")
     if rate < 1:
@@ -407,9 +419,7 @@ def _read_wav_riff(data: bytes) -> tuple[FloatArray, int]:
         if width not in (4, 8):
             raise ValueError(f"unsupported WAV: {bits}-bit {name}; {_CONVERT_HINT}")
         usable = len(payload) - len(payload) % width
-        x = np.frombuffer(payload[:usable], dtype="<f4" if width == 4 else "<f8").astype(
-            np.float32
-        )
+        x = np.frombuffer(payload[:usable], dtype="<f4" if width == 4 else "<f8").astype(np.float32)
     elif tag in (_WAVE_FORMAT_MULAW, _WAVE_FORMAT_ALAW):
         if width != 1:
             raise ValueError(f"unsupported WAV: {bits}-bit {name} (G.711 is 8-bit)")
@@ -423,10 +433,13 @@ def _read_wav_riff(data: bytes) -> tuple[FloatArray, int]:
 def _decode_pcm(frames: bytes, bits: int, width: int) -> FloatArray:
     usable = len(frames) - len(frames) % width
     raw = np.frombuffer(frames[:usable], dtype=np.uint8)
+    out: FloatArray
     if width == 1:  # 8-bit WAV is unsigned
-        return (raw.astype(np.float32) - 128.0) / np.float32(128.0)
+        out = (raw.astype(np.float32) - 128.0) / np.float32(128.0)
+        return out
     if width == 2:
-        return raw.view("<i2").astype(np.float32) / np.float32(32768.0)
+        out = raw.view("<i2").astype(np.float32) / np.float32(32768.0)
+        return out
     if width == 3:
         b = raw.reshape(-1, 3).astype(np.int32)
         v = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)  # sign lands in bit 31

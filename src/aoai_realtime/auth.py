@@ -76,7 +76,9 @@ class ApiKeyCredential:
 
     def __init__(self, key: str) -> None:
         if not key or not key.strip():
-            raise ValueError("the API key is empty: set AZURE_OPENAI_API_KEY to your resource's key")
+            raise ValueError(
+                "the API key is empty: set AZURE_OPENAI_API_KEY to your resource's key"
+            )
         self._key = key.strip()
 
     async def headers(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from dotenv import dotenv_values
@@ -226,7 +226,9 @@ class Settings:
         for name in ENV_VARS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"Settings.{name} must be a str or None, not {type(value).__name__}")
+                raise TypeError(
+                    f"Settings.{name} must be a str or None, not {type(value).__name__}"
+                )
             cleaned = value.strip() if value else None
             object.__setattr__(self, name, cleaned or None)
             if not cleaned:
@@ -254,8 +256,8 @@ class Settings:
     def load(
         cls,
         env: Mapping[str, str] | None = None,
-        env_files: Sequence[Union[str, os.PathLike[str]]] = DEFAULT_ENV_FILES,
-        cwd: Union[str, os.PathLike[str], None] = None,
+        env_files: Sequence[str | os.PathLike[str]] = DEFAULT_ENV_FILES,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> Settings:
         """Read settings: ``env`` (default ``os.environ``) wins, then each of ``env_files`` in
         order (relative ones are looked up in ``cwd``, default the current directory; missing
