@@ -12,7 +12,7 @@
 //   {type: "started", itemId, time}            first sample of an item output at context `time`
 //   {type: "progress", played: {itemId: n}}    every ~50 ms while playing
 //   {type: "ended", itemId, played}            an item played completely (its "end" was reached)
-//   {type: "drained"}                          the queue ran empty
+//   {type: "playing"} / {type: "drained"}      output starts / the queue ran empty
 //   {type: "flushed", id, current, played}     after a flush: the item that was playing, counts
 
 class PlaybackProcessor extends AudioWorkletProcessor {
@@ -86,7 +86,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
           time: currentTime + i / sampleRate,
         });
       }
-      this.busy = true;
+      if (!this.busy) {
+        this.busy = true;
+        this.port.postMessage({ type: "playing" });
+      }
       if (this.step === 1) {
         const n = Math.min(frames - i, head.data.length - head.pos);
         ch0.set(head.data.subarray(head.pos, head.pos + n), i);
