@@ -1,7 +1,7 @@
 """The ``aoai-realtime`` command: one entry point, a module per sub-command.
 
 Each sub-command lives in its own module exposing ``main(argv: list[str]) -> int`` and is
-imported only when used, so ``aoai-realtime --help`` is instant and needs no speech models.
+imported only when used, so ``aoai-realtime --help`` loads no speech models.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[d
         session = event.get("session") or {}
         cfg = SessionConfig.from_ga(session)
         prev = cfg.to_preview(azure=azure)
-        for key in ("id", "object", "expires_at"):
+        for key in ("id", "object", "expires_at", "temperature"):
             if key in session:
                 prev[key] = session[key]
         return [{**event, "session": prev}]

@@ -1,0 +1,433 @@
+"""Brains: what the engine says. Each turns instructions and a conversation into a reply stream.
+
+A :class:`Brain` gets a :class:`BrainRequest` (instructions, the conversation as plain
+:class:`HistoryItem` records, tools, limits) and yields :class:`TextDelta`, :class:`FunctionCall`
+and finally one :class:`BrainFinish`. The engine turns that stream into realtime events, speech
+included, so a brain knows nothing about the protocol or audio.
+
+* :class:`LocalBrain` runs SmolLM2 (from the ``[local]`` extra) on the CPU, offline.
+* :class:`ChatCompletionsBrain` asks any OpenAI-compatible ``/chat/completions`` URL (a local
+  llama.cpp or Ollama server, OpenAI, an Azure OpenAI chat deployment), streaming, with tool
+  calls mapped to realtime function calls.
+* :class:`~aoai_realtime.engine.scripted.ScriptedBrain` follows a script, for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Union
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .speech.llm import DEFAULT_SYSTEM_PROMPT
+from .workers import SharedSpeech
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTIONS = DEFAULT_SYSTEM_PROMPT
+"""Instructions of a session that sets none (shown in ``session.created``): the local model's own
+default, whose prompt it caches while loading, so the first turn starts sooner."""
+
+
+@dataclass
+class HistoryItem:
+    """One conversation item as a brain sees it: text only (audio arrives as its transcript)."""
+
+    id: str
+    type: Literal["message", "function_call", "function_call_output"]
+    role: str | None = None
+    text: str = ""
+    name: str | None = None
+    call_id: str | None = None
+    arguments: str = ""
+    output: str = ""
+
+
+@dataclass
+class BrainRequest:
+    """Everything a brain needs for one response."""
+
+    instructions: str
+    history: list[HistoryItem]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+    @property
+    def tool_names(self) -> list[str]:
+        """Names of the function tools the model may call under ``tool_choice``."""
+        if self.tool_choice == "none":
+            return []
+        names = [t.get("name", "") for t in self.tools if t.get("type", "function") == "function"]
+        if isinstance(self.tool_choice, dict):
+            wanted = self.tool_choice.get("name") or (self.tool_choice.get("function") or {}).get(
+                "name"
+            )
+            return [n for n in names if n == wanted]
+        return [n for n in names if n]
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class FunctionCall:
+    name: str
+    arguments: str
+    call_id: str | None = None
+
+
+@dataclass
+class BrainFinish:
+    """The end of a reply: why it ended and the tokens it used (0 when the brain cannot tell)."""
+
+    reason: Literal["stop", "length"] = "stop"
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+BrainEvent = Union[TextDelta, FunctionCall, BrainFinish]
+
+
+class Brain(Protocol):
+    """What the engine needs from a brain.
+
+    A brain may also set ``speculative = True`` when replies may be prepared during a pause
+    and thrown away if the user goes on speaking (see ``engine/speculation.py``).
+    """
+
+    name: str
+
+    def reply(self, request: BrainRequest) -> AsyncIterator[BrainEvent]:
+        """Stream the reply; cancelling the iteration must stop the work."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class BrainError(RuntimeError):
+    """A brain could not answer (the response fails with a ``server_error``)."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate: one token per word or punctuation mark."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+# ---------------------------------------------------------------------------- chat messages
+
+
+def history_window(history: list[HistoryItem], keep: int, step: int) -> list[HistoryItem]:
+    """The recent part of a conversation: at least ``keep`` items, at most ``keep + step - 1``.
+
+    The start moves in jumps of ``step`` items, so consecutive turns share the same beginning
+    and the local model can reuse its cached prompt instead of reading it all again.
+    """
+    n = len(history)
+    if n < keep + step:
+        return history
+    return history[((n - keep) // step) * step :]
+
+
+def chat_messages(
+    request: BrainRequest, *, tool_messages: bool, window: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """The request as chat-completions messages.
+
+    With ``tool_messages`` function calls become assistant ``tool_calls`` and their outputs
+    ``tool`` messages (for APIs that know tools); without, both become plain text a small model
+    can read.
+    """
+    history = history_window(request.history, *window) if window else request.history
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    known_calls: set[str] = set()
+    for item in history:
+        if item.type == "message":
+            role = item.role if item.role in ("user", "assistant", "system") else "user"
+            if not item.text and role != "system":
+                continue
+            messages.append({"role": role, "content": item.text})
+        elif item.type == "function_call":
+            if tool_messages:
+                call: dict[str, Any] = {
+                    "id": item.call_id or item.id,
+                    "type": "function",
+                    "function": {"name": item.name or "", "arguments": item.arguments or "{}"},
+                }
+                known_calls.add(call["id"])
+                last = messages[-1] if messages else None
+                if last and last["role"] == "assistant" and last.get("tool_calls"):
+                    last["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            else:
+                messages.append(
+                    {"role": "assistant", "content": f"(calling {item.name}({item.arguments}))"}
+                )
+        elif item.type == "function_call_output":
+            if tool_messages and item.call_id in known_calls:
+                messages.append(
+                    {"role": "tool", "tool_call_id": item.call_id, "content": item.output}
+                )
+            else:
+                name = next(
+                    (
+                        h.name
+                        for h in history
+                        if h.type == "function_call" and h.call_id == item.call_id
+                    ),
+                    None,
+                )
+                label = f"{name} returned" if name else "Function result"
+                messages.append({"role": "user", "content": f"({label}: {item.output})"})
+    return _merge_same_role(messages) if not tool_messages else messages
+
+
+def _merge_same_role(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Join consecutive messages of one role: small chat templates expect alternation."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"] and m["role"] != "system":
+            out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n{m['content']}"}
+        else:
+            out.append(dict(m))
+    return out
+
+
+# ---------------------------------------------------------------------------- local brain
+
+
+class LocalBrain:
+    """SmolLM2 135M Instruct on the CPU, shared by every session (one generation at a time).
+
+    Too small to call tools reliably: it answers in text and ignores ``tools``. A session's
+    reply is capped at ``default_max_tokens`` unless the client asks for fewer, and it reads
+    the recent conversation only (2 to 17 items, see :func:`history_window`): its start moves
+    rarely and then keeps little, so most turns reuse the cached prompt and the others read
+    only a short one again.
+    """
+
+    name = "local"
+    speculative = True
+
+    def __init__(
+        self,
+        speech: SharedSpeech,
+        *,
+        default_max_tokens: int = 60,
+        history_window: tuple[int, int] = (2, 16),
+    ) -> None:
+        self.speech = speech
+        self.default_max_tokens = default_max_tokens
+        self.history_window = history_window
+
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainEvent]:
+        messages = chat_messages(request, tool_messages=False, window=self.history_window)
+        if len(messages) == 0 or messages[-1]["role"] == "assistant":
+            messages.append({"role": "user", "content": "Please continue."})
+        limit = self.default_max_tokens
+        if request.max_output_tokens is not None:
+            limit = min(limit, request.max_output_tokens)
+        temperature = 0.7 if request.temperature is None else request.temperature
+        text = ""
+        started = time.perf_counter()
+        first = 0.0
+        async for piece in self.speech.stream_reply(messages, limit, temperature):
+            if not text:
+                first = time.perf_counter() - started
+            text += piece
+            yield TextDelta(piece)
+        output_tokens = await self.speech.count_tokens(text)
+        log.debug(
+            "local model: %d messages, first text after %.0f ms, %d tokens in %.0f ms",
+            len(messages),
+            first * 1000,
+            output_tokens,
+            (time.perf_counter() - started) * 1000,
+        )
+        input_tokens = await self.speech.count_tokens(
+            "\n".join(str(m.get("content") or "") for m in messages)
+        )
+        input_tokens += 4 * len(messages)
+        hit_limit = request.max_output_tokens is not None and output_tokens >= limit
+        yield BrainFinish("length" if hit_limit else "stop", input_tokens, output_tokens)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------- chat completions
+
+
+class ChatCompletionsBrain:
+    """Any OpenAI-compatible chat-completions endpoint, streamed (``stream: true``).
+
+    ``url`` is the full ``.../chat/completions`` URL, or a base ending in ``/v1`` (the path is
+    added). Azure chat deployments use
+    ``https://RES.openai.azure.com/openai/deployments/DEP/chat/completions?api-version=...``;
+    for those the key goes in the ``api-key`` header, elsewhere as ``Authorization: Bearer``.
+    Realtime function tools become chat tools, and streamed ``tool_calls`` become realtime
+    function calls.
+    """
+
+    name = "chat"
+    speculative = False  # a prepared reply that is thrown away would be a paid request
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"--brain-url must be an http(s) URL, got {url!r}")
+        path = parts.path.rstrip("/")
+        if not path.endswith("/chat/completions"):
+            path += "/chat/completions"
+        self.url = parts._replace(path=path).geturl()
+        self.api_key = api_key
+        self.model = model
+        self.azure = "openai.azure.com" in parts.netloc or "api-version=" in parts.query
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:
+            if self.azure:
+                headers["api-key"] = self.api_key
+            else:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _body(self, request: BrainRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": chat_messages(request, tool_messages=True),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.model:
+            body["model"] = self.model
+        if request.max_output_tokens is not None:
+            body["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    k: v
+                    for k, v in (
+                        ("name", t.get("name")),
+                        ("description", t.get("description")),
+                        ("parameters", t.get("parameters")),
+                    )
+                    if v is not None
+                },
+            }
+            for t in request.tools
+            if t.get("type", "function") == "function"
+        ]
+        if tools:
+            body["tools"] = tools
+            choice = request.tool_choice
+            if isinstance(choice, dict):
+                name = choice.get("name") or (choice.get("function") or {}).get("name")
+                body["tool_choice"] = {"type": "function", "function": {"name": name}}
+            elif choice in ("auto", "none", "required"):
+                body["tool_choice"] = choice
+        return body
+
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainEvent]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        calls: dict[int, dict[str, str]] = {}
+        reason: Literal["stop", "length"] = "stop"
+        usage: dict[str, Any] = {}
+        text = ""
+        try:
+            async with self._session.post(
+                self.url, json=self._body(request), headers=self._headers()
+            ) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text())[:300]
+                    raise BrainError(f"chat completions answered HTTP {resp.status}: {detail}")
+                async for chunk in _sse_events(resp):
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            text += delta["content"]
+                            yield TextDelta(delta["content"])
+                        for tc in delta.get("tool_calls") or []:
+                            slot = calls.setdefault(
+                                int(tc.get("index", len(calls))),
+                                {"id": "", "name": "", "arguments": ""},
+                            )
+                            slot["id"] = tc.get("id") or slot["id"]
+                            fn = tc.get("function") or {}
+                            slot["name"] = fn.get("name") or slot["name"]
+                            slot["arguments"] += fn.get("arguments") or ""
+                        if choice.get("finish_reason") == "length":
+                            reason = "length"
+        except aiohttp.ClientError as exc:
+            raise BrainError(f"chat completions request to {self.url} failed: {exc}") from exc
+        for _, slot in sorted(calls.items()):
+            yield FunctionCall(slot["name"], slot["arguments"] or "{}", slot["id"] or None)
+        yield BrainFinish(
+            reason,
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or estimate_tokens(text)),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a server-sent-events stream, until ``[DONE]``."""
+    data_lines: list[str] = []
+    async for raw in resp.content:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip())
+            continue
+        if line or not data_lines:
+            continue
+        data = "\n".join(data_lines)
+        data_lines = []
+        if data == "[DONE]":
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            log.warning("chat completions sent a line that is not JSON: %.200s", data)
+            continue
+        if isinstance(obj, dict):
+            if obj.get("error"):
+                raise BrainError(f"chat completions error: {obj['error']}")
+            yield obj
+    if data_lines and data_lines != ["[DONE]"]:
+        try:
+            obj = json.loads("\n".join(data_lines))
+        except ValueError:
+            return
+        if isinstance(obj, dict):
+            yield obj

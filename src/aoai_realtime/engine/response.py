@@ -1,0 +1,538 @@
+"""One response: the brain's stream turned into the service's event sequence, speech included.
+
+The sequence follows the service: ``response.created``; per output item
+``response.output_item.added``, ``conversation.item.added`` (unless out of band),
+``response.content_part.added``, the deltas (``output_audio_transcript.delta`` and
+``output_audio.delta``, or ``output_text.delta``), their ``.done`` events,
+``response.content_part.done``, ``response.output_item.done``, ``conversation.item.done``;
+function calls as ``function_call`` items with ``response.function_call_arguments.delta/done``;
+then ``response.done`` with usage, and ``rate_limits.updated``.
+
+Speech is pipelined (see :mod:`~aoai_realtime.engine.generation`): each piece of the reply is
+synthesized as soon as it is complete, while the brain writes the next, and its audio goes out
+in ~100 ms deltas after the transcript delta of that piece. A response is an asyncio task:
+cancelling it (``response.cancel``, barge-in) stops the brain and the speech at once and closes
+the response with the items as far as they got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..audio import Resampler, alaw_encode, b64encode_audio, ulaw_encode
+from ..protocol.events import ResponseParams
+from ..protocol.session import SessionConfig
+from . import ids
+from .brains import (
+    BrainFinish,
+    BrainRequest,
+    FunctionCall,
+    HistoryItem,
+    TextDelta,
+    estimate_tokens,
+)
+from .generation import Generation, Spoken
+from .store import Segment, StoredItem
+
+if TYPE_CHECKING:
+    from .session import RealtimeSession
+
+log = logging.getLogger(__name__)
+
+CHUNK_MS = 100
+"""Audio deltas carry about this much audio."""
+
+OUTPUT_AUDIO_TOKENS_PER_S = 20
+INPUT_AUDIO_TOKENS_PER_S = 10
+"""How audio is counted in ``usage`` (the service's own rates are not published)."""
+
+SERVER_ERROR_MESSAGE = (
+    "The server had an error while processing your request. Sorry about that! "
+    "You can retry your request, or contact us if the error persists."
+)
+
+_GA_FORMATS: dict[str, dict[str, Any]] = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+_BYTES_PER_MS = {"pcm16": 48, "g711_ulaw": 8, "g711_alaw": 8}
+
+
+class InjectedServerError(Exception):
+    """The ``server_error`` fault: the response fails as if the service had failed."""
+
+
+@dataclass
+class ResponsePlan:
+    """A response's settings: the session's, with the ``response.create`` overrides applied."""
+
+    output_modalities: list[str]
+    voice: str
+    speed: float
+    output_format: str
+    instructions: str
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    max_output_tokens: int | None
+    temperature: float | None
+    metadata: dict[str, Any] | None
+    out_of_band: bool
+    context: list[StoredItem] | None = None  # ``input`` (None: the conversation)
+
+    @property
+    def audio(self) -> bool:
+        return "audio" in self.output_modalities
+
+
+def plan_response(
+    config: SessionConfig,
+    params: ResponseParams | None,
+    *,
+    default_instructions: str,
+    context: list[StoredItem] | None,
+) -> ResponsePlan:
+    """Merge a session's configuration and a ``response.create``'s overrides."""
+    p = params or ResponseParams()
+    audio_out = ((p.audio or {}).get("output") or {}) if isinstance(p.audio, dict) else {}
+    fmt = config.output_format or "pcm16"
+    if "format" in audio_out:
+        fmt = (
+            SessionConfig.from_ga(
+                {"audio": {"output": {"format": audio_out["format"]}}}
+            ).output_format
+            or fmt
+        )
+    mot = p.max_output_tokens if p.max_output_tokens is not None else config.max_output_tokens
+    instructions = p.instructions if p.instructions is not None else config.instructions
+    return ResponsePlan(
+        output_modalities=list(p.output_modalities or config.output_modalities or ["audio"]),
+        voice=str(audio_out.get("voice") or config.voice or "alloy"),
+        speed=float(config.speed or 1.0),
+        output_format=fmt,
+        instructions=instructions if instructions is not None else default_instructions,
+        tools=list(p.tools if p.tools is not None else config.tools or []),
+        tool_choice=p.tool_choice if p.tool_choice is not None else (config.tool_choice or "auto"),
+        max_output_tokens=None if mot in (None, "inf") else int(mot),
+        temperature=p.temperature if p.temperature is not None else config.temperature,
+        metadata=p.metadata,
+        out_of_band=p.conversation == "none",
+        context=context,
+    )
+
+
+def brain_request(plan: ResponsePlan, history: list[HistoryItem]) -> BrainRequest:
+    """What the brain is asked for a response with this plan and conversation."""
+    return BrainRequest(
+        instructions=plan.instructions,
+        history=history,
+        tools=plan.tools,
+        tool_choice=plan.tool_choice,
+        max_output_tokens=plan.max_output_tokens,
+        temperature=plan.temperature,
+    )
+
+
+@dataclass
+class _OpenMessage:
+    """The assistant message being produced."""
+
+    item: StoredItem
+    output_index: int
+    text: str = ""  # text modality: the text so far; audio: the transcript so far
+    resampler: Resampler | None = None
+    audio_done: bool = False
+
+
+class ResponseRun:
+    """One response of a session, run as a task (see the module documentation)."""
+
+    def __init__(self, session: RealtimeSession, plan: ResponsePlan, number: int) -> None:
+        self.session = session
+        self.plan = plan
+        self.number = number
+        self.id = ids.response_id()
+        self.status = "in_progress"
+        self.status_details: dict[str, Any] | None = None
+        self.output: list[StoredItem] = []
+        self.usage: dict[str, Any] | None = None
+        self.cancel_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._open: _OpenMessage | None = None
+        self._generation: Generation | None = None
+        self._finish = BrainFinish()
+        self._input_audio_ms = 0.0
+        self.on_done: Callable[[ResponseRun], None] | None = None
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"response {self.id}")
+
+    def cancel(self, reason: str) -> None:
+        """Stop the response; it ends with status ``cancelled`` and this reason."""
+        if self.status == "in_progress" and self.cancel_reason is None and self.task is not None:
+            self.cancel_reason = reason
+            self.task.cancel()
+
+    @property
+    def active(self) -> bool:
+        return self.status == "in_progress"
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.session.emit(event)
+
+    def response_object(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "object": "realtime.response",
+            "id": self.id,
+            "status": self.status,
+            "status_details": self.status_details,
+            "output": [item.wire() for item in self.output],
+            "conversation_id": None if plan.out_of_band else self.session.conversation_id,
+            "output_modalities": plan.output_modalities,
+            "max_output_tokens": plan.max_output_tokens
+            if plan.max_output_tokens is not None
+            else "inf",
+            "audio": {
+                "output": {"format": dict(_GA_FORMATS[plan.output_format]), "voice": plan.voice}
+            },
+            "usage": self.usage,
+            "metadata": plan.metadata,
+        }
+
+    # ------------------------------------------------------------------ the run
+
+    async def _run(self) -> None:
+        self._t0 = time.perf_counter()
+        self._emit({"type": "response.created", "response": self.response_object()})
+        try:
+            await self._generate()
+            if self._finish.reason == "length":
+                self.status = "incomplete"
+                self.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
+            else:
+                self.status = "completed"
+        except asyncio.CancelledError:
+            if self.cancel_reason is None:  # the session is closing: nobody to tell
+                self.status = "cancelled"
+                self._stop_generation()
+                raise
+            self.status = "cancelled"
+            self.status_details = {"type": "cancelled", "reason": self.cancel_reason}
+        except Exception as exc:  # noqa: BLE001 - any failure fails the response, not the session
+            if not isinstance(exc, InjectedServerError):
+                log.exception("response %s failed", self.id)
+            error = {
+                "type": "server_error",
+                "code": "server_error",
+                "message": SERVER_ERROR_MESSAGE
+                if isinstance(exc, InjectedServerError)
+                else f"{SERVER_ERROR_MESSAGE} ({exc})",
+                "param": None,
+                "event_id": None,
+            }
+            self._emit({"type": "error", "error": error})
+            self.status = "failed"
+            self.status_details = {"type": "failed", "error": error}
+        self._stop_generation()
+        self._close_open_message(self.status == "completed")
+        self.usage = self._usage()
+        self._emit({"type": "response.done", "response": self.response_object()})
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def _mark(self, what: str, since: float) -> None:
+        log.debug("%s: %s after %.0f ms", self.id, what, (time.perf_counter() - since) * 1000)
+
+    async def _generate(self) -> None:
+        session = self.session
+        context = self.plan.context
+        if context is None:
+            context = session.store.items()
+        t0 = time.perf_counter()
+        for item in context:  # a spoken turn is heard once its transcription is done
+            if item.transcript is not None:
+                await asyncio.shield(item.transcript)
+            if item.input_audio:
+                self._input_audio_ms += len(item.input_audio) / 48
+        self._mark("transcripts", t0)
+        if session.faults.server_error_response == self.number:
+            raise InjectedServerError()
+        request = brain_request(self.plan, [item.history() for item in context])
+        plan = self.plan
+        generation = session.speculator.claim_reply(
+            request, audio=plan.audio, voice=plan.voice, speed=plan.speed
+        )
+        if generation is not None:
+            self._mark("using the reply prepared during the pause", t0)
+        else:
+            generation = Generation(
+                session.brain,
+                request,
+                session.speech,
+                audio=plan.audio,
+                voice=plan.voice,
+                speed=plan.speed,
+            ).start()
+        self._generation = generation
+        async for event in generation.events():
+            if isinstance(event, TextDelta):
+                if self._open is None:
+                    self._mark("first text", t0)
+                msg = self._open or self._open_message()
+                msg.text += event.text
+                self._emit(self._content_event("response.output_text.delta", msg, delta=event.text))
+            elif isinstance(event, Spoken):
+                if self._open is None:
+                    self._mark(f"first piece ({len(event.text)} chars)", t0)
+                await self._speak(self._open or self._open_message(), event)
+            elif isinstance(event, FunctionCall):
+                if self._open is not None:
+                    self._close_open_message(True)
+                self._function_call(event)
+            elif isinstance(event, BrainFinish):
+                self._finish = event
+        if self._open is not None:
+            self._close_open_message(True)
+
+    # ------------------------------------------------------------------ message items
+
+    def _add_item(self, item: StoredItem) -> int:
+        """Register a new output item; returns its output index."""
+        self.output.append(item)
+        index = len(self.output) - 1
+        self._emit(
+            {
+                "type": "response.output_item.added",
+                "response_id": self.id,
+                "output_index": index,
+                "item": item.wire(),
+            }
+        )
+        if not self.plan.out_of_band:
+            previous = self.session.store.insert(item)
+            self._emit(
+                {
+                    "type": "conversation.item.added",
+                    "previous_item_id": previous,
+                    "item": item.wire(),
+                }
+            )
+        return index
+
+    def _item_done(self, item: StoredItem, index: int) -> None:
+        self._emit(
+            {
+                "type": "response.output_item.done",
+                "response_id": self.id,
+                "output_index": index,
+                "item": item.wire(),
+            }
+        )
+        if not self.plan.out_of_band and item.id in self.session.store:
+            self._emit(
+                {
+                    "type": "conversation.item.done",
+                    "previous_item_id": self.session.store.previous_of(item.id),
+                    "item": item.wire(),
+                }
+            )
+
+    def _open_message(self) -> _OpenMessage:
+        audio = self.plan.audio
+        part: dict[str, Any] = (
+            {"type": "output_audio", "transcript": ""}
+            if audio
+            else {"type": "output_text", "text": ""}
+        )
+        item = StoredItem(
+            data={
+                "id": ids.item_id(),
+                "object": "realtime.item",
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            },
+            bytes_per_ms=_BYTES_PER_MS[self.plan.output_format],
+        )
+        index = self._add_item(item)
+        item.data["content"] = [part]
+        msg = _OpenMessage(item=item, output_index=index)
+        self._open = msg
+        self._emit(
+            self._content_event(
+                "response.content_part.added",
+                msg,
+                part={"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""},
+            )
+        )
+        if audio and self.plan.output_format != "pcm16":
+            msg.resampler = Resampler(24000, 8000)
+        return msg
+
+    def _content_event(self, kind: str, msg: _OpenMessage, **fields: Any) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "response_id": self.id,
+            "item_id": msg.item.id,
+            "output_index": msg.output_index,
+            "content_index": 0,
+            **fields,
+        }
+
+    def _close_open_message(self, complete: bool) -> None:
+        msg = self._open
+        if msg is None:
+            return
+        self._open = None
+        item = msg.item
+        part = item.data["content"][0]
+        if self.plan.audio:
+            self._flush_audio(msg)
+            part["transcript"] = msg.text
+            self._emit(self._content_event("response.output_audio.done", msg))
+            self._emit(
+                self._content_event(
+                    "response.output_audio_transcript.done", msg, transcript=msg.text
+                )
+            )
+            done_part = {"type": "audio", "transcript": msg.text}
+        else:
+            part["text"] = msg.text
+            self._emit(self._content_event("response.output_text.done", msg, text=msg.text))
+            done_part = {"type": "text", "text": msg.text}
+        self._emit(self._content_event("response.content_part.done", msg, part=done_part))
+        item.data["status"] = (
+            "completed" if complete and self._finish.reason == "stop" else "incomplete"
+        )
+        self._item_done(item, msg.output_index)
+
+    # ------------------------------------------------------------------ speech
+
+    async def _speak(self, msg: _OpenMessage, spoken: Spoken) -> None:
+        """Send one piece: its transcript delta, then its audio in ~100 ms deltas."""
+        piece = spoken.text if not msg.text else " " + spoken.text
+        msg.text += piece
+        start_ms = msg.item.audio_ms
+        self._emit(self._content_event("response.output_audio_transcript.delta", msg, delta=piece))
+        pending = b""
+        step = CHUNK_MS * 48
+        async for pcm in spoken.chunks():
+            pending += pcm
+            while len(pending) >= step:
+                self._send_audio(msg, pending[:step])
+                pending = pending[step:]
+        if pending:
+            self._send_audio(msg, pending)
+        msg.item.segments.append(Segment(start_ms, msg.item.audio_ms, piece))
+
+    def _send_audio(self, msg: _OpenMessage, pcm16_24k: bytes) -> None:
+        fmt = self.plan.output_format
+        if fmt == "pcm16":
+            data = pcm16_24k
+        else:
+            assert msg.resampler is not None
+            narrow = msg.resampler.process(pcm16_24k)
+            data = ulaw_encode(narrow) if fmt == "g711_ulaw" else alaw_encode(narrow)
+        if not data:
+            return
+        if not msg.item.audio_bytes:
+            self._mark("first audio", self._t0)
+        msg.item.audio_bytes += len(data)
+        self._emit(
+            self._content_event("response.output_audio.delta", msg, delta=b64encode_audio(data))
+        )
+
+    def _flush_audio(self, msg: _OpenMessage) -> None:
+        if msg.resampler is not None and not msg.audio_done:
+            narrow = msg.resampler.flush()
+            if narrow:
+                fmt = self.plan.output_format
+                data = ulaw_encode(narrow) if fmt == "g711_ulaw" else alaw_encode(narrow)
+                msg.item.audio_bytes += len(data)
+                self._emit(
+                    self._content_event(
+                        "response.output_audio.delta", msg, delta=b64encode_audio(data)
+                    )
+                )
+        msg.audio_done = True
+
+    def _stop_generation(self) -> None:
+        if self._generation is not None:
+            self._generation.cancel()
+
+    # ------------------------------------------------------------------ function calls
+
+    def _function_call(self, call: FunctionCall) -> None:
+        call_id = call.call_id or ids.call_id()
+        item = StoredItem(
+            data={
+                "id": ids.item_id(),
+                "object": "realtime.item",
+                "type": "function_call",
+                "status": "in_progress",
+                "name": call.name,
+                "call_id": call_id,
+                "arguments": "",
+            }
+        )
+        index = self._add_item(item)
+        common = {
+            "response_id": self.id,
+            "item_id": item.id,
+            "output_index": index,
+            "call_id": call_id,
+        }
+        self._emit(
+            {"type": "response.function_call_arguments.delta", **common, "delta": call.arguments}
+        )
+        self._emit(
+            {
+                "type": "response.function_call_arguments.done",
+                **common,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+        )
+        item.data.update(status="completed", arguments=call.arguments)
+        self._item_done(item, index)
+
+    # ------------------------------------------------------------------ usage
+
+    def _usage(self) -> dict[str, Any]:
+        text_out = self._finish.output_tokens
+        if not text_out:
+            text_out = sum(
+                estimate_tokens(str(i.history().text or i.data.get("arguments") or ""))
+                for i in self.output
+            )
+        audio_out = sum(
+            math.ceil(i.audio_ms * OUTPUT_AUDIO_TOKENS_PER_S / 1000) for i in self.output
+        )
+        text_in = self._finish.input_tokens
+        audio_in = math.ceil(self._input_audio_ms * INPUT_AUDIO_TOKENS_PER_S / 1000)
+        return {
+            "total_tokens": text_in + audio_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in,
+            "output_tokens": text_out + audio_out,
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": audio_in,
+                "image_tokens": 0,
+                "cached_tokens": 0,
+                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }

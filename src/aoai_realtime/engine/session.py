@@ -1,0 +1,831 @@
+"""One connection's realtime session: configuration, conversation, input audio, responses.
+
+:class:`RealtimeSession` is the protocol state machine of the engine, in the GA vocabulary and
+free of sockets: the server feeds it decoded client events (:meth:`handle`) and it ``emit``\\ s
+server events (a plain callable, so ordering is the order of the calls). Refusals are raised as
+:class:`~aoai_realtime.protocol.errors.ProtocolError` and sent by the caller as ``error``
+events; the session stays usable after any of them.
+
+Input audio goes into an :class:`~aoai_realtime.engine.buffer.InputBuffer` and, under
+``server_vad`` / ``semantic_vad``, through a per-session turn detector: speech start (barge-in
+cancels the active response), speech stop (commit, transcription, and a response if
+``create_response``). Transcription always runs (brains read text); its events are sent only
+when the session asks for ``transcription``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..audio import Resampler, alaw_decode, b64decode_audio, ulaw_decode
+from ..protocol import events as ev
+from ..protocol.dialect import Dialect
+from ..protocol.errors import ProtocolError, invalid_value
+from ..protocol.session import GA_VOICES, SessionConfig, TurnDetection
+from . import ids
+from .brains import DEFAULT_INSTRUCTIONS, Brain
+from .buffer import InputBuffer
+from .faults import Faults
+from .response import ResponseRun, plan_response
+from .speculation import Speculator
+from .store import ItemStore, StoredItem
+from .wire import Decoded
+from .workers import SharedSpeech
+
+log = logging.getLogger(__name__)
+
+MIN_COMMIT_MS = 100
+MAX_OUTPUT_TOKENS = 4096
+IDLE_TAIL_MS = 30_000
+"""Under VAD, audio older than this before the end of the buffer is forgotten while idle."""
+
+_TD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "server_vad": {
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    },
+    "semantic_vad": {"eagerness": "auto", "create_response": True, "interrupt_response": True},
+}
+
+
+def full_turn_detection(td: TurnDetection | None) -> TurnDetection | None:
+    """A turn detection with every unset field at the service's default."""
+    if td is None:
+        return None
+    given = td.model_dump(exclude_unset=True)
+    given["type"] = td.type
+    return TurnDetection.model_validate({**_TD_DEFAULTS[td.type], **given})
+
+
+def default_config(dialect: Dialect, model: str) -> SessionConfig:
+    """The session a connection starts with (what ``session.created`` shows)."""
+    data: dict[str, Any] = {
+        "type": "realtime",
+        "model": model,
+        "instructions": DEFAULT_INSTRUCTIONS,
+        "output_modalities": ["audio"],
+        "voice": "alloy",
+        "speed": 1.0,
+        "input_format": "pcm16",
+        "output_format": "pcm16",
+        "transcription": None,
+        "turn_detection": full_turn_detection(TurnDetection(type="server_vad")),
+        "noise_reduction": None,
+        "max_output_tokens": "inf",
+        "tools": [],
+        "tool_choice": "auto",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+    }
+    if dialect is Dialect.PREVIEW:
+        data["temperature"] = 0.8
+    return SessionConfig.model_validate(data)
+
+
+class RateLimits:
+    """Token and request budgets per rolling minute, reported in ``rate_limits.updated``."""
+
+    def __init__(self, tokens: int, requests: int) -> None:
+        self.tokens = tokens
+        self.requests = requests
+        self._spent: deque[tuple[float, int]] = deque()
+
+    def spend(self, tokens: int) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        self._spent.append((now, tokens))
+        while self._spent and now - self._spent[0][0] > 60:
+            self._spent.popleft()
+        reset = max(0.0, 60 - (now - self._spent[0][0])) if self._spent else 0.0
+        used = sum(t for _, t in self._spent)
+        return [
+            {
+                "name": "requests",
+                "limit": self.requests,
+                "remaining": max(0, self.requests - len(self._spent)),
+                "reset_seconds": round(reset, 3),
+            },
+            {
+                "name": "tokens",
+                "limit": self.tokens,
+                "remaining": max(0, self.tokens - used),
+                "reset_seconds": round(reset, 3),
+            },
+        ]
+
+
+class RealtimeSession:
+    """The protocol state of one connection (see the module documentation)."""
+
+    def __init__(
+        self,
+        *,
+        dialect: Dialect,
+        model: str,
+        brain: Brain,
+        speech: SharedSpeech | None,
+        emit: Callable[[dict[str, Any]], None],
+        faults: Faults | None = None,
+        rate_limits: RateLimits | None = None,
+        expires_at: int | None = None,
+        conversation_id: str | None = None,
+    ) -> None:
+        self.dialect = dialect
+        self.brain = brain
+        self.speech = speech
+        self._emit = emit
+        self.faults = faults or Faults()
+        self.rate_limits = rate_limits or RateLimits(40_000, 1_000)
+        self.session_id = ids.session_id()
+        self.conversation_id = conversation_id or ids.conversation_id()
+        self.expires_at = expires_at or int(time.time()) + 30 * 60
+        self.config = default_config(dialect, model)
+        self.store = ItemStore()
+        self.buffer = InputBuffer()
+        self.active: ResponseRun | None = None
+        self.runs: dict[str, ResponseRun] = {}
+        self.responses_started = 0
+        self._pending_auto_response = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._turn_detector: Any = None
+        self._turn_item_id: str | None = None
+        self._turn_start_ms = 0.0
+        self._in_resampler: Resampler | None = None
+        self.speculator = Speculator(self)
+        self._closed = False
+        self._configure_input()
+
+    # ------------------------------------------------------------------ output
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send one server event (an ``event_id`` is added)."""
+        if self._closed:
+            return
+        self._emit({"type": event["type"], "event_id": ids.event_id(), **event})
+
+    def error(self, exc: ProtocolError) -> None:
+        """Send the ``error`` event for a refused client event."""
+        self.emit({"type": "error", "error": exc.to_error()})
+
+    def session_object(self) -> dict[str, Any]:
+        session = self.config.to_ga()
+        session.update(object="realtime.session", id=self.session_id, expires_at=self.expires_at)
+        if self.dialect is Dialect.PREVIEW and self.config.temperature is not None:
+            session["temperature"] = self.config.temperature
+        return session
+
+    def start(self) -> None:
+        """Announce the session (``session.created``)."""
+        self.emit({"type": "session.created", "session": self.session_object()})
+
+    async def close(self) -> None:
+        """Stop every task of the session; nothing is sent any more."""
+        self._closed = True
+        self.speculator.discard()
+        tasks = [r.task for r in self.runs.values() if r.task is not None] + list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - the session is going away
+                pass
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run a background task that the session cancels when it closes."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ input
+
+    async def handle(self, decoded: Decoded) -> None:
+        """Apply one client event; raises ProtocolError for what the service would refuse."""
+        event = decoded.event
+        try:
+            if decoded.session is not None:
+                self._session_update(decoded.session)
+            elif isinstance(event, ev.InputAudioBufferAppend):
+                await self._append(event)
+            elif isinstance(event, ev.InputAudioBufferCommit):
+                self._commit_buffer()
+            elif isinstance(event, ev.InputAudioBufferClear):
+                self._clear_buffer()
+            elif isinstance(event, ev.ConversationItemCreate):
+                self._item_create(event)
+            elif isinstance(event, ev.ConversationItemRetrieve):
+                item = self._find(event.item_id)
+                self.emit({"type": "conversation.item.retrieved", "item": item.wire()})
+            elif isinstance(event, ev.ConversationItemDelete):
+                self._find(event.item_id)
+                self.store.delete(event.item_id)
+                self.emit({"type": "conversation.item.deleted", "item_id": event.item_id})
+            elif isinstance(event, ev.ConversationItemTruncate):
+                self._truncate(event)
+            elif isinstance(event, ev.ResponseCreate):
+                self._response_create(event)
+            elif isinstance(event, ev.ResponseCancel):
+                self._response_cancel(event)
+            elif isinstance(event, ev.OutputAudioBufferClear):
+                raise ProtocolError(
+                    "output_audio_buffer.clear is only supported on WebRTC connections.",
+                    code="invalid_value",
+                    param="type",
+                )
+        except ProtocolError as exc:
+            if exc.event_id is None:
+                exc.event_id = event.event_id
+            raise
+
+    def _find(self, item_id: str) -> StoredItem:
+        item = self.store.get(item_id)
+        if item is None:
+            raise ProtocolError(
+                f"Conversation item with id '{item_id}' does not exist.",
+                code="invalid_value",
+                param="item_id",
+            )
+        return item
+
+    # ------------------------------------------------------------------ session.update
+
+    def _param(self, ga: str, preview: str) -> str:
+        return ga if self.dialect is Dialect.GA else preview
+
+    def _session_update(self, update: SessionConfig) -> None:
+        if update.is_set("voice"):
+            if update.voice not in GA_VOICES:
+                param = self._param("session.audio.output.voice", "session.voice")
+                raise invalid_value(
+                    param,
+                    f"Invalid value: '{update.voice}'. Supported values are: "
+                    + ", ".join(f"'{v}'" for v in GA_VOICES)
+                    + ".",
+                )
+            if update.voice != self.config.voice and any(
+                item.role == "assistant" and item.audio_bytes for item in self.store.items()
+            ):
+                raise ProtocolError(
+                    "Cannot update a conversation's voice if assistant audio is present.",
+                    code="cannot_update_voice",
+                    param=self._param("session.audio.output.voice", "session.voice"),
+                )
+        if update.is_set("max_output_tokens"):
+            _check_max_tokens(
+                update.max_output_tokens,
+                self._param("session.max_output_tokens", "session.max_response_output_tokens"),
+            )
+        if update.is_set("tools"):
+            _check_tools(update.tools or [], "session.tools")
+        if update.is_set("tool_choice"):
+            _check_tool_choice(update.tool_choice, "session.tool_choice")
+        if update.is_set("output_modalities") and not update.output_modalities:
+            raise invalid_value(
+                self._param("session.output_modalities", "session.modalities"),
+                "Invalid value: output modalities must not be empty.",
+            )
+        new = self.config.merged(update)
+        if update.is_set("turn_detection"):
+            new.turn_detection = full_turn_detection(new.turn_detection)
+        old = self.config
+        self.config = new
+        if update.is_set("turn_detection") and new.turn_detection != old.turn_detection:
+            self._configure_turn_detection()
+        if new.input_format != old.input_format:
+            self._configure_input()
+        self.emit({"type": "session.updated", "session": self.session_object()})
+
+    def _configure_input(self) -> None:
+        fmt = self.config.input_format or "pcm16"
+        self._in_resampler = None if fmt == "pcm16" else Resampler(8000, 24000)
+        self._configure_turn_detection()
+
+    def _configure_turn_detection(self) -> None:
+        td = self.config.turn_detection
+        self.speculator.discard()
+        self._turn_item_id = None
+        if td is None or self.speech is None:
+            self._turn_detector = None
+            return
+        if td.type == "semantic_vad":
+            detector = self.speech.turn_detector(eagerness=td.eagerness or "auto")
+        else:
+            detector = self.speech.turn_detector(
+                threshold=td.threshold if td.threshold is not None else 0.5,
+                prefix_padding_ms=td.prefix_padding_ms if td.prefix_padding_ms is not None else 300,
+                silence_duration_ms=td.silence_duration_ms
+                if td.silence_duration_ms is not None
+                else 500,
+            )
+        detector.reset(int(self.buffer.end_ms))
+        self._turn_detector = detector
+
+    # ------------------------------------------------------------------ input audio
+
+    async def _append(self, event: ev.InputAudioBufferAppend) -> None:
+        if not event.audio:
+            return
+        try:
+            raw = b64decode_audio(event.audio)
+        except ValueError as exc:
+            raise ProtocolError(
+                f"Invalid 'audio': expected base64-encoded audio ({exc}).",
+                code="invalid_value",
+                param="audio",
+            ) from None
+        pcm = self._decode_input(raw, "audio")
+        if not pcm:
+            return
+        self.buffer.append(pcm)
+        if self._turn_detector is None or self.speech is None:
+            return
+        for turn in await self.speech.feed(self._turn_detector, pcm):
+            if self._closed:
+                return
+            if turn.kind == "speech_started":
+                self._on_speech_started(turn.audio_ms)
+            else:
+                self._on_speech_stopped(turn.audio_ms)
+        if self._turn_detector is not None and self._turn_detector.speaking:
+            self.speculator.update(self._turn_detector, self._turn_item_id, self._turn_start_ms)
+        else:
+            self.buffer.keep_tail(IDLE_TAIL_MS)
+
+    def _decode_input(self, raw: bytes, param: str) -> bytes:
+        fmt = self.config.input_format or "pcm16"
+        if fmt == "pcm16":
+            if len(raw) % 2:
+                raise ProtocolError(
+                    f"Invalid '{param}': pcm16 audio must have an even number of bytes "
+                    f"(16-bit samples), got {len(raw)} bytes.",
+                    code="invalid_value",
+                    param=param,
+                )
+            return raw
+        pcm8k = ulaw_decode(raw) if fmt == "g711_ulaw" else alaw_decode(raw)
+        if self._in_resampler is None:
+            self._in_resampler = Resampler(8000, 24000)
+        return self._in_resampler.process(pcm8k)
+
+    def _on_speech_started(self, audio_start_ms: int) -> None:
+        self.speculator.discard()
+        self._turn_item_id = ids.item_id()
+        self._turn_start_ms = audio_start_ms
+        self.emit(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": audio_start_ms,
+                "item_id": self._turn_item_id,
+            }
+        )
+        td = self.config.turn_detection
+        if (
+            self.active is not None
+            and self.active.active
+            and (td is None or td.interrupt_response is not False)
+        ):
+            self.active.cancel("turn_detected")
+
+    def _on_speech_stopped(self, audio_end_ms: int) -> None:
+        item_id = self._turn_item_id or ids.item_id()
+        self._turn_item_id = None
+        self.emit(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": audio_end_ms,
+                "item_id": item_id,
+            }
+        )
+        audio = self.buffer.commit_span(self._turn_start_ms, audio_end_ms)
+        transcript = self.speculator.take_transcript(item_id, audio_end_ms)
+        self._commit(audio, item_id, transcript)
+        td = self.config.turn_detection
+        if (
+            td is not None
+            and td.create_response is not False
+            and self.config.type != "transcription"
+        ):
+            self._auto_respond()
+
+    def _commit_buffer(self) -> None:
+        if self.buffer.uncommitted_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has "
+                f"{self.buffer.uncommitted_ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+                param=None,
+            )
+        item_id = self._turn_item_id or ids.item_id()
+        self._turn_item_id = None
+        audio = self.buffer.commit_all()
+        if self._turn_detector is not None:
+            self.speculator.discard()
+            self._turn_detector.reset(int(self.buffer.end_ms))
+        self._commit(audio, item_id, None)
+
+    def _clear_buffer(self) -> None:
+        end = self.buffer.clear()
+        self._turn_item_id = None
+        self.speculator.discard()
+        if self._in_resampler is not None:
+            self._in_resampler = Resampler(8000, 24000)
+        if self._turn_detector is not None:
+            self._turn_detector.reset(int(end))
+        self.emit({"type": "input_audio_buffer.cleared"})
+
+    def _commit(self, audio: bytes, item_id: str, transcript: Any) -> None:
+        item = StoredItem(
+            data={
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            },
+            input_audio=audio,
+        )
+        previous = self.store.insert(item)
+        self.emit(
+            {
+                "type": "input_audio_buffer.committed",
+                "previous_item_id": previous,
+                "item_id": item_id,
+            }
+        )
+        self.emit(
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": item.wire()}
+        )
+        self.emit(
+            {"type": "conversation.item.done", "previous_item_id": previous, "item": item.wire()}
+        )
+        self.transcribe(item, announce=True, precomputed=transcript)
+
+    # ------------------------------------------------------------------ transcription
+
+    def transcribe(self, item: StoredItem, *, announce: bool, precomputed: Any = None) -> None:
+        """Transcribe a user audio item in the background (its ``transcript`` future)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        item.transcript = future
+        self.spawn(self._transcribe(item, future, announce, precomputed), f"transcribe {item.id}")
+
+    async def _transcribe(
+        self, item: StoredItem, future: asyncio.Future[str], announce: bool, precomputed: Any
+    ) -> None:
+        audio = item.input_audio or b""
+        tc = self.config.transcription
+        announce = announce and tc is not None
+        try:
+            if precomputed is not None:
+                text = await precomputed
+            elif self.speech is None:
+                text = ""
+            else:
+                text = await self.speech.transcribe(
+                    audio, language=tc.language if tc else None, prompt=tc.prompt if tc else None
+                )
+        except asyncio.CancelledError:
+            if not future.done():
+                future.set_result("")
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed transcription fails only itself
+            log.warning("transcription of %s failed: %s", item.id, exc)
+            if announce:
+                self.emit(
+                    {
+                        "type": "conversation.item.input_audio_transcription.failed",
+                        "item_id": item.id,
+                        "content_index": 0,
+                        "error": {
+                            "type": "transcription_error",
+                            "code": "audio_unintelligible",
+                            "message": f"Input transcription failed: {exc}",
+                            "param": None,
+                        },
+                    }
+                )
+            future.set_result("")
+            return
+        for part in item.data.get("content") or []:
+            if part.get("type") == "input_audio":
+                part["transcript"] = text
+                break
+        if announce:
+            if text:
+                self.emit(
+                    {
+                        "type": "conversation.item.input_audio_transcription.delta",
+                        "item_id": item.id,
+                        "content_index": 0,
+                        "delta": text,
+                    }
+                )
+            self.emit(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item.id,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": round(len(audio) / 48000, 3)},
+                }
+            )
+        if not future.done():
+            future.set_result(text)
+
+    # ------------------------------------------------------------------ items
+
+    def _new_item(self, model: Any, where: str) -> StoredItem:
+        """A client's item as the engine stores it (audio decoded, ids and status filled)."""
+        data: dict[str, Any] = model.to_dict()
+        data["id"] = data.get("id") or ids.item_id()
+        data["object"] = "realtime.item"
+        data.setdefault("status", "completed")
+        audio: bytes | None = None
+        if data["type"] == "message":
+            allowed = {
+                "user": ("input_text", "input_audio", "input_image"),
+                "system": ("input_text",),
+                "assistant": ("output_text", "output_audio"),
+            }[data["role"]]
+            for i, part in enumerate(data.get("content") or []):
+                if part["type"] not in allowed:
+                    raise invalid_value(
+                        f"{where}.content[{i}].type",
+                        f"Invalid value: '{part['type']}'. A {data['role']} message's content "
+                        f"must be one of: " + ", ".join(f"'{t}'" for t in allowed) + ".",
+                    )
+                if part["type"] in ("input_audio", "output_audio"):
+                    encoded = part.pop("audio", None)
+                    part.setdefault("transcript", None)
+                    if encoded:
+                        try:
+                            raw = b64decode_audio(encoded)
+                        except ValueError as exc:
+                            raise invalid_value(
+                                f"{where}.content[{i}].audio",
+                                f"Invalid '{where}.content[{i}].audio': expected base64 ({exc}).",
+                            ) from None
+                        pcm = self._decode_item_audio(raw, f"{where}.content[{i}].audio")
+                        if part["type"] == "input_audio":
+                            audio = (audio or b"") + pcm
+        elif data["type"] == "function_call":
+            data["call_id"] = data.get("call_id") or ids.call_id()
+        return StoredItem(data=data, input_audio=audio)
+
+    def _decode_item_audio(self, raw: bytes, param: str) -> bytes:
+        fmt = self.config.input_format or "pcm16"
+        if fmt == "pcm16":
+            if len(raw) % 2:
+                raise invalid_value(
+                    param, f"Invalid '{param}': pcm16 audio must have an even number of bytes."
+                )
+            return raw
+        pcm8k = ulaw_decode(raw) if fmt == "g711_ulaw" else alaw_decode(raw)
+        return Resampler(8000, 24000).process(pcm8k)
+
+    def _item_create(self, event: ev.ConversationItemCreate) -> None:
+        previous = event.previous_item_id
+        if previous is not None and previous != "root" and previous not in self.store:
+            raise invalid_value(
+                "previous_item_id", f"Previous item with id '{previous}' does not exist."
+            )
+        item = self._new_item(event.item, "item")
+        if item.id in self.store:
+            raise invalid_value("item.id", f"Item with id '{item.id}' already exists.")
+        before = self.store.insert(item, previous)
+        self.emit(
+            {"type": "conversation.item.added", "previous_item_id": before, "item": item.wire()}
+        )
+        self.emit(
+            {"type": "conversation.item.done", "previous_item_id": before, "item": item.wire()}
+        )
+        if item.input_audio and not _has_transcript(item):
+            self.transcribe(item, announce=True)
+
+    def _truncate(self, event: ev.ConversationItemTruncate) -> None:
+        item = self._find(event.item_id)
+        part = item.audio_part(event.content_index)
+        if item.type != "message" or item.role != "assistant":
+            raise ProtocolError(
+                "Only model output audio messages can be truncated.",
+                code="invalid_value",
+                param="item_id",
+            )
+        if part is None:
+            raise invalid_value(
+                "content_index",
+                f"Invalid 'content_index': item '{item.id}' has no content part "
+                f"{event.content_index}.",
+            )
+        if part.get("type") != "output_audio":
+            raise ProtocolError(
+                "Only model output audio messages can be truncated.",
+                code="invalid_value",
+                param="content_index",
+            )
+        produced = item.audio_ms
+        if event.audio_end_ms > produced:
+            raise invalid_value(
+                "audio_end_ms",
+                f"Audio content of {int(produced)}ms is already shorter than "
+                f"{event.audio_end_ms}ms",
+            )
+        item.truncate(event.content_index, event.audio_end_ms)
+        self.emit(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item.id,
+                "content_index": event.content_index,
+                "audio_end_ms": event.audio_end_ms,
+            }
+        )
+
+    # ------------------------------------------------------------------ responses
+
+    def _response_create(self, event: ev.ResponseCreate) -> None:
+        params = event.response
+        context: list[StoredItem] | None = None
+        if params is not None:
+            if params.conversation not in (None, "auto", "none"):
+                raise invalid_value(
+                    "response.conversation",
+                    f"Invalid value: '{params.conversation}'. Supported values are: 'auto', 'none'.",
+                )
+            if params.max_output_tokens is not None:
+                _check_max_tokens(params.max_output_tokens, "response.max_output_tokens")
+            if params.output_modalities is not None and not params.output_modalities:
+                raise invalid_value(
+                    "response.output_modalities",
+                    "Invalid value: output modalities must not be empty.",
+                )
+            if params.tools is not None:
+                _check_tools(params.tools, "response.tools")
+            if params.tool_choice is not None:
+                _check_tool_choice(params.tool_choice, "response.tool_choice")
+            if params.audio is not None:
+                self._check_response_audio(params.audio)
+            if params.input is not None:
+                context = [
+                    self._new_item(item, f"response.input[{i}]")
+                    for i, item in enumerate(params.input)
+                ]
+        out_of_band = params is not None and params.conversation == "none"
+        if not out_of_band and self.active is not None and self.active.active:
+            raise ProtocolError(
+                "Conversation already has an active response in progress: "
+                f"{self.active.id}. Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+                param=None,
+            )
+        for item in context or []:
+            if item.input_audio and not _has_transcript(item):
+                self.transcribe(item, announce=False)
+        self._start_response(params, context)
+
+    def _check_response_audio(self, audio: dict[str, Any]) -> None:
+        for key in audio:
+            if key != "output":
+                raise ProtocolError(
+                    f"Unknown parameter: 'response.audio.{key}'.",
+                    code="unknown_parameter",
+                    param=f"response.audio.{key}",
+                )
+        out = audio.get("output") or {}
+        if not isinstance(out, dict):
+            raise invalid_value(
+                "response.audio.output", "Invalid type for 'response.audio.output'."
+            )
+        for key in out:
+            if key not in ("format", "voice"):
+                raise ProtocolError(
+                    f"Unknown parameter: 'response.audio.output.{key}'.",
+                    code="unknown_parameter",
+                    param=f"response.audio.output.{key}",
+                )
+        if "voice" in out and out["voice"] not in GA_VOICES:
+            raise invalid_value(
+                "response.audio.output.voice",
+                f"Invalid value: '{out['voice']}'. Supported values are: "
+                + ", ".join(f"'{v}'" for v in GA_VOICES)
+                + ".",
+            )
+        if "format" in out:
+            SessionConfig.from_ga({"audio": {"output": {"format": out["format"]}}})
+
+    def _start_response(
+        self, params: ev.ResponseParams | None, context: list[StoredItem] | None
+    ) -> ResponseRun:
+        self.responses_started += 1
+        plan = plan_response(
+            self.config, params, default_instructions=DEFAULT_INSTRUCTIONS, context=context
+        )
+        run = ResponseRun(self, plan, self.responses_started)
+        run.on_done = self._response_finished
+        self.runs[run.id] = run
+        if not plan.out_of_band:
+            self.active = run
+        run.start()
+        return run
+
+    def _response_finished(self, run: ResponseRun) -> None:
+        self.runs.pop(run.id, None)
+        if self.active is run:
+            self.active = None
+        tokens = int((run.usage or {}).get("total_tokens") or 0)
+        self.emit({"type": "rate_limits.updated", "rate_limits": self.rate_limits.spend(tokens)})
+        if self._pending_auto_response and self.active is None and not self._closed:
+            self._pending_auto_response = False
+            self._start_response(None, None)
+
+    def _auto_respond(self) -> None:
+        if self.active is not None and self.active.active:
+            self._pending_auto_response = True
+            return
+        self._start_response(None, None)
+
+    def _response_cancel(self, event: ev.ResponseCancel) -> None:
+        run = self.active if event.response_id is None else self.runs.get(event.response_id)
+        if run is None or not run.active:
+            raise ProtocolError(
+                "Cancellation failed: no active response found",
+                code="response_cancel_not_active",
+                param=None,
+            )
+        run.cancel("client_cancelled")
+
+
+def _has_transcript(item: StoredItem) -> bool:
+    return any(
+        p.get("type") == "input_audio" and p.get("transcript")
+        for p in item.data.get("content") or []
+    )
+
+
+def _check_max_tokens(value: Any, param: str) -> None:
+    if value == "inf":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise invalid_value(
+            param,
+            f"Invalid '{param}': integer below minimum value or above maximum value. Expected a "
+            f"value between 1 and {MAX_OUTPUT_TOKENS}, or 'inf', but got {value!r} instead.",
+        )
+
+
+def _check_tools(tools: list[dict[str, Any]], where: str) -> None:
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise invalid_value(
+                f"{where}[{i}]", f"Invalid type for '{where}[{i}]': expected an object."
+            )
+        kind = tool.get("type", "function")
+        if kind != "function":
+            continue  # MCP and other tool types: accepted, never called here
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise ProtocolError(
+                f"Missing required parameter: '{where}[{i}].name'.",
+                code="missing_required_parameter",
+                param=f"{where}[{i}].name",
+            )
+        for key in tool:
+            if key not in ("type", "name", "description", "parameters"):
+                raise ProtocolError(
+                    f"Unknown parameter: '{where}[{i}].{key}'.",
+                    code="unknown_parameter",
+                    param=f"{where}[{i}].{key}",
+                )
+
+
+def _check_tool_choice(choice: Any, param: str) -> None:
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise invalid_value(
+                param,
+                f"Invalid value: '{choice}'. Supported values are: 'auto', 'none' and 'required'.",
+            )
+        return
+    if isinstance(choice, dict):
+        if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+            return
+        if choice.get("type") == "mcp":
+            return
+    raise invalid_value(
+        param,
+        f"Invalid value for '{param}': expected 'auto', 'none', 'required' or "
+        "{'type': 'function', 'name': ...}.",
+    )

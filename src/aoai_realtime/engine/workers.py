@@ -1,0 +1,211 @@
+"""The speech models, shared by every session and run off the event loop.
+
+The models are CPU-bound and not safe to call from two threads at once, so each gets one worker
+thread of its own: concurrent sessions queue for a model instead of crashing it, and the event
+loop never waits on one. Streams (LLM tokens, TTS audio) are produced in the worker thread and
+handed to the loop as they come, so the first sentence is spoken while the rest is generated.
+
+One :class:`SharedSpeech` exists per loaded :class:`SpeechStack` (see :meth:`for_stack`), so
+several engines in one process (tests, the middle tier) share the same queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LLM_MAX_AHEAD = 3
+"""The model pauses when this many text pieces wait unread: a consumer that stops reading (to
+let the first sentence be synthesized at full speed) stops the model using the CPU."""
+
+_REGISTRY: dict[int, SharedSpeech] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+class SharedSpeech:
+    """Async access to a loaded speech stack (VAD, STT, TTS, LLM), one queue per model."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self._stt = ThreadPoolExecutor(1, thread_name_prefix="engine-stt")
+        self._tts = ThreadPoolExecutor(1, thread_name_prefix="engine-tts")
+        self._llm = ThreadPoolExecutor(1, thread_name_prefix="engine-llm")
+        # VAD state is per session (one TurnDetector each), so two sessions may run at once.
+        self._vad = ThreadPoolExecutor(2, thread_name_prefix="engine-vad")
+
+    @classmethod
+    def for_stack(cls, stack: Any) -> SharedSpeech:
+        """The one SharedSpeech of ``stack`` (created on first use)."""
+        with _REGISTRY_LOCK:
+            shared = _REGISTRY.get(id(stack))
+            if shared is None or shared.stack is not stack:
+                shared = cls(stack)
+                _REGISTRY[id(stack)] = shared
+            return shared
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def transcriber(self) -> Any:
+        return _attr(self.stack, "transcriber", "stt")
+
+    @property
+    def synthesizer(self) -> Any:
+        return _attr(self.stack, "synthesizer", "tts")
+
+    @property
+    def llm(self) -> Any:
+        return _attr(self.stack, "llm", "language_model", "lm")
+
+    # ------------------------------------------------------------------ VAD
+
+    def turn_detector(
+        self,
+        *,
+        threshold: float = 0.5,
+        prefix_padding_ms: int = 300,
+        silence_duration_ms: int = 500,
+        eagerness: str | None = None,
+    ) -> Any:
+        """A new turn detector (with a speech detector of its own) for one session."""
+        return self.stack.new_turn_detector(
+            threshold=threshold,
+            prefix_padding_ms=prefix_padding_ms,
+            silence_duration_ms=silence_duration_ms,
+            eagerness=eagerness,
+        )
+
+    async def feed(self, turn_detector: Any, pcm16_24k: bytes) -> list[Any]:
+        """Feed audio to a session's turn detector; returns its turn events."""
+        loop = asyncio.get_running_loop()
+        result: list[Any] = await loop.run_in_executor(self._vad, turn_detector.feed, pcm16_24k)
+        return result
+
+    # ------------------------------------------------------------------ STT
+
+    async def transcribe(
+        self, pcm16_24k: bytes, language: str | None = None, prompt: str | None = None
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        stt = self.transcriber
+        text: str = await loop.run_in_executor(
+            self._stt, lambda: stt.transcribe(pcm16_24k, language=language, prompt=prompt)
+        )
+        return text
+
+    # ------------------------------------------------------------------ TTS
+
+    def synthesize(
+        self, text: str, voice: str = "alloy", speed: float = 1.0
+    ) -> AsyncIterator[bytes]:
+        """24 kHz PCM16 chunks of ``text`` spoken, as the synthesizer makes them."""
+        tts = self.synthesizer
+        return _stream_in(self._tts, lambda: tts.synthesize(text, voice=voice, speed=speed))
+
+    def synthesize_blocking(self, text: str, voice: str = "alloy", speed: float = 1.0) -> bytes:
+        """All of ``text`` spoken, from any thread (test speech, benchmarks)."""
+        tts = self.synthesizer
+        return self._tts.submit(
+            lambda: b"".join(tts.synthesize(text, voice=voice, speed=speed))
+        ).result()
+
+    # ------------------------------------------------------------------ LLM
+
+    def stream_reply(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+        stop: list[str] | None = None,
+    ) -> AsyncIterator[str]:
+        """Text pieces of the local model's reply; one generation at a time across sessions."""
+        llm = self.llm
+        return _stream_in(
+            self._llm,
+            lambda: llm.stream_reply(
+                messages, max_tokens=max_tokens, temperature=temperature, stop=stop
+            ),
+            max_ahead=LLM_MAX_AHEAD,
+        )
+
+    async def count_tokens(self, text: str) -> int:
+        llm = self.llm
+        loop = asyncio.get_running_loop()
+        n: int = await loop.run_in_executor(self._llm, llm.count_tokens, text)
+        return n
+
+
+def _attr(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    raise AttributeError(f"the speech stack has none of {', '.join(names)}")
+
+
+_DONE = object()
+
+
+async def _stream_in(
+    pool: ThreadPoolExecutor, make: Callable[[], Iterator[T]], max_ahead: int | None = None
+) -> AsyncIterator[T]:
+    """Run an iterator in ``pool``'s thread and yield its items on the loop as they come.
+
+    With ``max_ahead`` the thread waits while that many items are unread (backpressure).
+    Closing the async iterator (or cancelling its consumer) stops the thread at its next item.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+    stop = threading.Event()
+    room = threading.Semaphore(max_ahead) if max_ahead else None
+
+    def put(item: Any, exc: BaseException | None = None) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (item, exc))
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            stop.set()
+
+    def work() -> None:
+        if stop.is_set():
+            put(_DONE)
+            return
+        try:
+            it = make()
+            try:
+                for item in it:
+                    if room is not None:
+                        while not room.acquire(timeout=0.5):
+                            if stop.is_set():
+                                break
+                    if stop.is_set():
+                        break
+                    put(item)
+            finally:
+                close = getattr(it, "close", None)
+                if callable(close):
+                    close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(_DONE, exc)
+            return
+        put(_DONE)
+
+    loop.run_in_executor(pool, work)
+    try:
+        while True:
+            item, exc = await queue.get()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            if room is not None:
+                room.release()
+            yield item
+    finally:
+        stop.set()
+        if room is not None:
+            room.release()

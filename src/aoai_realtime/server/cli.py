@@ -1,0 +1,299 @@
+"""``aoai-realtime serve``: the middle tier and its page on http://localhost:8787/.
+
+With Azure settings (``AZURE_OPENAI_ENDPOINT`` and a deployment) the upstream is Azure, in the
+GA dialect, or the preview one when ``AZURE_OPENAI_API_VERSION`` is set; the local engine is
+still offered to the page and starts on first use. Without them, the local engine starts here,
+in this process, before the server says it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config import ConfigError, Settings, build_url
+from .app import ServerConfig, create_app
+from .local import LocalEngine
+from .logs import configure_logging
+from .policy import Policy
+from .tools import demo_tools
+from .upstream import Upstream, Upstreams, is_loopback_host
+
+DEFAULT_PORT = 8787
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aoai-realtime serve",
+        description=(
+            "Serve the voice page and relay it to Azure OpenAI /realtime (or the offline local "
+            "engine), holding the credentials on the server."
+        ),
+        epilog=(
+            "Azure settings come from the environment, .env or .dev.vars: AZURE_OPENAI_ENDPOINT, "
+            "AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_API_KEY (or `az login`), "
+            "AZURE_OPENAI_API_VERSION (preview only). Without them the local engine answers."
+        ),
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; custom endpoints are allowed only on "
+        "loopback)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"port to listen on (default $PORT, else {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--engine-port",
+        type=_port,
+        default=0,
+        help="port of the in-process local engine on 127.0.0.1 (default: any free port)",
+    )
+    parser.add_argument(
+        "--brain",
+        default=None,
+        choices=["local", "scripted"],
+        help="the local engine's brain: local (SmolLM2, the default) or scripted (--script)",
+    )
+    parser.add_argument("--script", default=None, help="script file for --brain scripted")
+    parser.add_argument(
+        "--no-local",
+        action="store_true",
+        help="do not offer the local engine when Azure is configured",
+    )
+    parser.add_argument(
+        "--instructions",
+        default="",
+        help="operator instructions put before the page's system message in every session",
+    )
+    parser.add_argument(
+        "--instructions-after",
+        default="",
+        help="operator instructions put after the page's system message",
+    )
+    parser.add_argument(
+        "--no-tools", action="store_true", help="do not offer the demo server-side tools"
+    )
+    parser.add_argument(
+        "--hide-tool-results",
+        action="store_true",
+        help="run server tools but do not show their results to the page",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin allowed to open the relay (repeatable), e.g. https://app.example",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="FILE.jsonl",
+        default=None,
+        help="record every connection's events (audio included, no secrets), one file per "
+        "connection: FILE-CONN.jsonl; `aoai-realtime replay` reads them",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info)",
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", help="log JSON lines instead of key=value"
+    )
+    return parser
+
+
+def _resolve_port(arg: int | None) -> int:
+    if arg is not None:
+        return arg
+    env = os.environ.get("PORT", "").strip()
+    if not env:
+        return DEFAULT_PORT
+    try:
+        return _port(env)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"PORT={env!r}: {exc}; set PORT to a number such as 8787") from None
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    try:
+        from ..engine.config import EngineConfig
+    except ImportError:
+        return None
+    config = EngineConfig(host="127.0.0.1", port=args.engine_port)
+    if args.brain:
+        config.brain = args.brain
+    if args.script:
+        config.script = args.script
+    return config
+
+
+def recorder_factory(path: str | os.PathLike[str]) -> Callable[[str, Upstream | None], Any]:
+    """An observer factory writing one recording per connection (``FILE-CONN.jsonl``).
+
+    The relay observes the GA vocabulary, so every recording says ``dialect: ga``; its header
+    keeps the upstream's URL only when it is a GA one (a replay can then connect to it).
+    """
+    from ..commands.recording import Recorder, connection_path
+
+    def make(conn_id: str, upstream: Upstream | None) -> Recorder:
+        extra: dict[str, Any] = {"command": "serve", "connection": conn_id}
+        url: str | None = None
+        if upstream is not None:
+            extra["upstream"] = upstream.kind
+            if upstream.kind == "local" and upstream.base is None:
+                extra["local_engine"] = True
+            elif upstream.dialect == "ga" and upstream.base is not None:
+                url = build_url(upstream.base, dialect="ga", deployment=upstream.deployment)
+            else:
+                extra["upstream_dialect"] = upstream.dialect
+        return Recorder.open(connection_path(path, conn_id), url=url, dialect="ga", extra=extra)
+
+    return make
+
+
+def _display_url(host: str, port: int) -> str:
+    shown = "localhost" if host in ("127.0.0.1", "localhost", "::1") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+def describe_upstream(upstreams: Upstreams) -> str:
+    up = upstreams.default
+    if up.kind == "local":
+        return "local engine"
+    dialect = "GA" if up.dialect == "ga" else f"preview {up.api_version}"
+    return f"Azure {dialect} {up.base} deployment {up.deployment}"
+
+
+def prepare(args: argparse.Namespace) -> tuple[ServerConfig, Upstreams]:
+    """Settings and options -> the server's configuration; :class:`ConfigError` says what to fix."""
+    settings = Settings.load()
+    has_azure = bool(settings.endpoint or settings.deployment)
+    if has_azure:
+        problems = settings.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+    if args.script and args.brain not in (None, "scripted"):
+        raise ConfigError("--script goes with --brain scripted")
+    if args.script and not args.brain:
+        args.brain = "scripted"
+    if args.brain == "scripted" and not args.script:
+        raise ConfigError("--brain scripted needs --script FILE (see docs/scripted-brain.md)")
+    local: LocalEngine | None = None
+    if not (has_azure and args.no_local):
+        engine_config = _engine_config(args)
+        if engine_config is not None:
+            local = LocalEngine(engine_config)
+        elif not has_azure:
+            raise ConfigError(
+                "no upstream: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT (see "
+                "`aoai-realtime doctor`), or install the local engine with "
+                "`pip install 'aoai-realtime[local]'`"
+            )
+    port = _resolve_port(args.port)
+    policy = Policy.build(
+        instructions_prefix=args.instructions,
+        instructions_suffix=args.instructions_after,
+        tools=() if args.no_tools else demo_tools(),
+        show_tool_results=not args.hide_tool_results,
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=port,
+        policy=policy,
+        allowed_origins=tuple(args.allow_origin),
+        observer_factory=recorder_factory(args.record) if args.record else None,
+    )
+    upstreams = Upstreams(
+        settings=settings if has_azure else None, local=local, listen_host=args.host
+    )
+    return config, upstreams
+
+
+async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None) -> None:
+    """Run until SIGINT/SIGTERM (or cancellation). ``ready(url)`` is called once listening."""
+    from aiohttp import web
+
+    if upstreams.configured is None and upstreams.local is not None:
+        print("aoai-realtime: starting the local engine", flush=True)
+        await upstreams.local.url()
+    app = create_app(config, upstreams)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        url = _display_url(config.host, config.port)
+        if config.port == 0:
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            if sockets:
+                url = _display_url(config.host, sockets[0].getsockname()[1])
+        print(f"aoai-realtime serving {url} (upstream: {describe_upstream(upstreams)})", flush=True)
+        if not is_loopback_host(config.host):
+            print(
+                "aoai-realtime: listening beyond this machine: anyone who reaches this port can "
+                "use the upstream; put it behind authentication",
+                file=sys.stderr,
+                flush=True,
+            )
+        if ready is not None:
+            ready(url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("aoai-realtime: shutting down", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args.log_level, json_lines=args.log_json)
+    try:
+        config, upstreams = prepare(args)
+    except ConfigError as exc:
+        print(f"aoai-realtime serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, upstreams))
+    except OSError as exc:
+        print(
+            f"aoai-realtime serve: cannot listen on {config.host}:{config.port} ({exc.strerror or exc}): "
+            "pass another --port (or set PORT), or stop the program using it",
+            file=sys.stderr,
+        )
+        return 1
+    except RuntimeError as exc:  # the local engine failed to start
+        print(f"aoai-realtime serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

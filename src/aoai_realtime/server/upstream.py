@@ -1,0 +1,434 @@
+"""Which upstream a client may use, and opening it with the server's credentials.
+
+The page picks an endpoint with ``?endpoint=E&deployment=D``:
+
+* ``configured`` (or nothing, when Azure settings exist): the endpoint of the server's settings,
+  with its credential (API key, or Microsoft Entra ID);
+* ``local`` (or nothing, without Azure settings): the in-process local engine;
+* an ``https://RES.openai.azure.com`` URL: only while the server listens on loopback (the user
+  is then the operator). It gets a Microsoft Entra ID token (``az login``, a service principal,
+  a managed identity), never the configured API key, which belongs to the configured resource;
+* anything else is refused (``endpoint_not_allowed``) before any connection is made, so the
+  server's credentials never go anywhere but the configured resource, Azure, or this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import aiohttp
+
+from ..auth import (
+    REQUEST_ID_HEADER,
+    AuthError,
+    Credential,
+    NoCredential,
+    credential_from_settings,
+    describe,
+    new_request_id,
+)
+from ..config import ConfigError, Settings, build_url, parse_endpoint
+from ..protocol.session import GA_VOICES, PREVIEW_VOICES
+from .channels import AiohttpChannel
+from .errors import CLOSE_POLICY, RelayError, handshake_error
+from .local import LocalEngine
+from .logs import log
+
+__all__ = ["Upstream", "Upstreams", "is_loopback_host"]
+
+Dialect = Literal["ga", "preview"]
+_DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_AZURE_OPENAI_SUFFIX = ".openai.azure.com"
+LOCAL_DEPLOYMENT = "gpt-realtime"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``127.0.0.0/8``, ``::1`` and ``localhost`` (not ``0.0.0.0``, which is every
+    interface)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A resolved upstream: where the relay connects and how it introduces itself."""
+
+    id: str
+    """``configured``, ``local`` or ``custom``."""
+    kind: Literal["local", "azure"]
+    label: str
+    """Names the upstream in messages: ``Azure OpenAI at https://…``, ``the local engine``."""
+    base: str | None
+    """Base URL (``https://RES.openai.azure.com``); ``None`` for the in-process engine."""
+    deployment: str
+    dialect: Dialect
+    api_version: str | None = None
+    credential: Credential = field(default_factory=NoCredential, repr=False, compare=False)
+    credential_hint: str = "check the server's credentials"
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return GA_VOICES if self.dialect == "ga" else PREVIEW_VOICES
+
+
+class Upstreams:
+    """The endpoints a client may pick, and the connector for each.
+
+    ``settings``: the server's Azure settings (``None`` or without endpoint: no ``configured``).
+    ``local``: the local engine (``None``: no ``local``). ``listen_host``: the address the server
+    listens on; custom Azure endpoints are allowed only when it is a loopback address.
+    ``local_query`` adds query parameters to local-engine URLs (a diagnostics and test hook,
+    e.g. ``{"fault": "refuse:429"}``; never settable from a client).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None,
+        local: LocalEngine | None,
+        listen_host: str = "127.0.0.1",
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        connect_timeout_s: float = 10.0,
+        max_msg_size: int = 32 * 1024 * 1024,
+        local_query: Mapping[str, str] | None = None,
+    ) -> None:
+        self.local = local
+        self.listen_host = listen_host
+        self.connect_timeout_s = connect_timeout_s
+        self.max_msg_size = max_msg_size
+        self.local_query: dict[str, str] = dict(local_query or {})
+        self._session_factory = session_factory
+        self._session: aiohttp.ClientSession | None = None
+        self._settings = settings if settings is not None and settings.endpoint else None
+        self.configured: Upstream | None = None
+        if self._settings is not None:
+            self.configured = self._configured_upstream(self._settings)
+        if self.configured is None and self.local is None:
+            raise ConfigError(
+                "no upstream: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or install "
+                "the local engine (`pip install 'aoai-realtime[local]'`)"
+            )
+        self._custom_credential: Credential | None = None
+
+    # ------------------------------------------------------------------ configuration
+
+    @staticmethod
+    def _configured_upstream(settings: Settings) -> Upstream:
+        settings.validate()
+        assert settings.endpoint is not None and settings.deployment is not None
+        credential = credential_from_settings(settings)
+        if settings.api_key:
+            hint = (
+                "check AZURE_OPENAI_API_KEY on the server (it must be a key of "
+                f"{settings.endpoint})"
+            )
+        elif settings.is_local:
+            hint = "the server sends no key to this endpoint: set AZURE_OPENAI_API_KEY"
+        else:
+            hint = (
+                "run `az login` on the server (or check AZURE_TENANT_ID/AZURE_CLIENT_ID/"
+                "AZURE_CLIENT_SECRET), or set AZURE_OPENAI_API_KEY"
+            )
+        where = (
+            f"The endpoint {settings.endpoint}"
+            if settings.is_local
+            else f"Azure OpenAI at {settings.endpoint}"
+        )
+        return Upstream(
+            id="configured",
+            kind="azure",
+            label=where,
+            base=settings.endpoint,
+            deployment=settings.deployment,
+            dialect=settings.dialect,
+            api_version=settings.api_version,
+            credential=credential,
+            credential_hint=hint,
+        )
+
+    @property
+    def allow_custom(self) -> bool:
+        """Custom Azure endpoints are allowed only while the server listens on loopback."""
+        return is_loopback_host(self.listen_host)
+
+    @property
+    def default(self) -> Upstream:
+        if self.configured is not None:
+            return self.configured
+        return self._local_upstream(None)
+
+    def _local_upstream(self, deployment: str | None) -> Upstream:
+        return Upstream(
+            id="local",
+            kind="local",
+            label="the local engine",
+            base=None,
+            deployment=deployment or LOCAL_DEPLOYMENT,
+            dialect="ga",
+            credential_hint="the local engine was started with an API key the server does not know",
+        )
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The choices shown to the page (no secrets: URLs and names only)."""
+        out: list[dict[str, Any]] = []
+        if self.configured is not None:
+            c = self.configured
+            out.append(
+                {
+                    "id": "configured",
+                    "label": f"Azure OpenAI ({'GA' if c.dialect == 'ga' else 'preview'})",
+                    "endpoint": c.base,
+                    "deployment": c.deployment,
+                    "dialect": c.dialect,
+                }
+            )
+        if self.local is not None:
+            out.append(
+                {
+                    "id": "local",
+                    "label": "Local engine",
+                    "endpoint": "local",
+                    "deployment": LOCAL_DEPLOYMENT,
+                    "dialect": "ga",
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ choosing
+
+    def resolve(self, endpoint: str | None, deployment: str | None) -> Upstream:
+        """The upstream for a client's ``?endpoint=&deployment=``, or :class:`RelayError`."""
+        endpoint = (endpoint or "").strip()
+        deployment = (deployment or "").strip() or None
+        if deployment is not None and not _DEPLOYMENT_RE.match(deployment):
+            raise RelayError(
+                "deployment_required",
+                f"{deployment!r} is not a deployment name: use letters, digits, '.', '_' or '-'.",
+                close_code=CLOSE_POLICY,
+            )
+        if not endpoint:
+            return self._with_deployment(self.default, deployment)
+        if endpoint == "configured":
+            if self.configured is None:
+                raise RelayError(
+                    "endpoint_not_allowed",
+                    "This server has no Azure endpoint configured: pick the local engine, or set "
+                    "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT on the server and restart "
+                    "it.",
+                    close_code=CLOSE_POLICY,
+                )
+            return self._with_deployment(self.configured, deployment)
+        if endpoint == "local":
+            if self.local is None:
+                raise RelayError(
+                    "endpoint_not_allowed",
+                    "This server does not run the local engine: pick the configured endpoint.",
+                    close_code=CLOSE_POLICY,
+                )
+            return self._local_upstream(deployment)
+        return self._custom(endpoint, deployment)
+
+    def _with_deployment(self, up: Upstream, deployment: str | None) -> Upstream:
+        if deployment is None or deployment == up.deployment:
+            return up
+        if up.kind == "local":
+            return self._local_upstream(deployment)
+        return dataclasses.replace(up, deployment=deployment)
+
+    def _custom(self, endpoint: str, deployment: str | None) -> Upstream:
+        refuse = RelayError(
+            "endpoint_not_allowed",
+            f"The endpoint {endpoint[:200]!r} is not allowed: this server connects only to its "
+            "configured endpoint, the local engine, and (while it listens on localhost) "
+            "https://<resource>.openai.azure.com endpoints. Pick one of those.",
+            close_code=CLOSE_POLICY,
+        )
+        try:
+            ep = parse_endpoint(endpoint)
+        except ConfigError:
+            raise refuse from None
+        if self.configured is not None and ep.base == self.configured.base:
+            return self._with_deployment(self.configured, deployment or ep.deployment)
+        host = ep.host.lower()
+        scheme_ok = endpoint.lower().startswith(("https://", "wss://"))
+        if not scheme_ok or not host.endswith(_AZURE_OPENAI_SUFFIX) or ep.base.count("/") > 2:
+            raise refuse
+        if not self.allow_custom:
+            raise RelayError(
+                "endpoint_not_allowed",
+                f"Custom endpoints such as {ep.base} are allowed only when the server listens on "
+                f"localhost, and this one listens on {self.listen_host}. Pick the configured "
+                "endpoint, or ask the operator to configure yours.",
+                close_code=CLOSE_POLICY,
+            )
+        dep = deployment or ep.deployment
+        if not dep:
+            raise RelayError(
+                "deployment_required",
+                f"Give the deployment name for {ep.base} (the name of your realtime deployment).",
+                close_code=CLOSE_POLICY,
+            )
+        return Upstream(
+            id="custom",
+            kind="azure",
+            label=f"Azure OpenAI at {ep.base}",
+            base=ep.base,
+            deployment=dep,
+            dialect="preview" if ep.api_version else "ga",
+            api_version=ep.api_version,
+            credential=self._entra_credential(),
+            credential_hint=(
+                "custom endpoints use the server's Microsoft Entra ID identity: run `az login` "
+                "on the server with an account that has the 'Cognitive Services OpenAI User' "
+                f"role on {ep.base}"
+            ),
+        )
+
+    def _entra_credential(self) -> Credential:
+        if self._custom_credential is None:
+            s = self._settings
+            identity = Settings(
+                endpoint="https://custom.openai.azure.com",
+                tenant_id=s.tenant_id if s else None,
+                client_id=s.client_id if s else None,
+                client_secret=s.client_secret if s else None,
+            )
+            self._custom_credential = credential_from_settings(identity)
+        return self._custom_credential
+
+    # ------------------------------------------------------------------ connecting
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if self._session_factory is not None:
+                self._session = self._session_factory()
+            else:
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+                )
+        return self._session
+
+    async def url_for(self, up: Upstream) -> str:
+        """The WebSocket URL of ``up`` (starting the local engine if needed)."""
+        if up.kind == "local" and up.base is None:
+            assert self.local is not None
+            try:
+                base = await self.local.url()
+            except RuntimeError as exc:
+                raise RelayError(
+                    "upstream_unreachable",
+                    f"The local engine is not available: {exc}. See the server's log.",
+                ) from exc
+            url = build_url(base, dialect="ga", deployment=up.deployment)
+            if self.local_query:
+                url += "&" + urlencode(self.local_query, doseq=True)
+            return url
+        assert up.base is not None
+        return build_url(
+            up.base, dialect=up.dialect, deployment=up.deployment, api_version=up.api_version
+        )
+
+    async def connect(self, up: Upstream, *, conn_id: str) -> AiohttpChannel:
+        """Open the upstream WebSocket for one client connection."""
+        url = await self.url_for(up)
+        request_id = new_request_id()
+        try:
+            auth = await up.credential.headers()
+        except AuthError as exc:
+            log("upstream.auth_failed", 30, conn=conn_id, error=str(exc))
+            raise RelayError(
+                "upstream_unauthorized",
+                f"The server could not get a token for {up.label}: {exc}",
+            ) from exc
+        except Exception as exc:
+            log("upstream.auth_failed", 30, conn=conn_id, error=repr(exc))
+            raise RelayError(
+                "upstream_unauthorized",
+                f"The server could not get credentials for {up.label} ({type(exc).__name__}): "
+                f"{up.credential_hint}.",
+            ) from exc
+        headers = {**auth, REQUEST_ID_HEADER: request_id}
+        log(
+            "upstream.connect",
+            conn=conn_id,
+            request_id=request_id,
+            url=url,
+            dialect=up.dialect,
+            credential=describe(up.credential),
+        )
+        started = time.monotonic()
+        where = up.label[:1].upper() + up.label[1:]
+        try:
+            ws = await asyncio.wait_for(
+                self._client_session().ws_connect(
+                    url,
+                    headers=headers,
+                    max_msg_size=self.max_msg_size,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                    autoping=True,
+                    compress=0,
+                ),
+                self.connect_timeout_s,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            retry = exc.headers.get("Retry-After") if exc.headers else None
+            log(
+                "upstream.refused",
+                30,
+                conn=conn_id,
+                request_id=request_id,
+                status=exc.status,
+                retry_after=retry,
+            )
+            raise handshake_error(
+                exc.status,
+                where=where,
+                deployment=up.deployment,
+                credential_hint=up.credential_hint,
+                retry_after=retry,
+            ) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            log("upstream.timeout", 30, conn=conn_id, request_id=request_id)
+            raise RelayError(
+                "upstream_unreachable",
+                f"{where} did not answer within {self.connect_timeout_s:g} s: check the endpoint "
+                "and the server's network, then press Start again.",
+            ) from exc
+        except aiohttp.ClientError as exc:
+            log("upstream.unreachable", 30, conn=conn_id, request_id=request_id, error=str(exc))
+            raise RelayError(
+                "upstream_unreachable",
+                f"Could not reach {up.label} ({type(exc).__name__}: {exc}): check the endpoint "
+                "and the server's network, then press Start again.",
+            ) from exc
+        log(
+            "upstream.connected",
+            conn=conn_id,
+            request_id=request_id,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return AiohttpChannel(ws)
+
+    async def close(self) -> None:
+        if self._session is not None and self._session_factory is None:
+            await self._session.close()
+        self._session = None
+        configured = self.configured.credential if self.configured else None
+        for cred in (configured, self._custom_credential):
+            if cred is not None:
+                await cred.close()
+        if self.local is not None:
+            await self.local.close()

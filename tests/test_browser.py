@@ -1,0 +1,383 @@
+"""The page in a real Chromium, against the middle tier and the local engine, with a fake mic.
+
+Playwright's sync API drives Debian's Chromium (``/usr/bin/chromium``; ``.ci/run`` installs it,
+``playwright install`` is never needed). The microphone is Chromium's fake capture device playing
+a WAV made by the engine's own TTS: speech, then silence. The middle tier runs in a thread of its
+own (``ServerThread``) in front of a scripted engine, so the conversation is deterministic.
+
+The page's Content-Security-Policy forbids ``eval``, so waits poll ``window.__rt`` from Python
+(``page.evaluate`` is not subject to the page's CSP) instead of ``wait_for_function``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aoai_realtime.server import LocalEngine, Policy, ServerConfig, ServerThread, Upstreams
+from aoai_realtime.server.tools import demo_tools
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+SCRIPT: dict[str, Any] = {
+    "default": "I heard you say: {user}.",
+    "rules": [
+        {
+            "user": "time in tokyo",
+            "function_call": {"name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}},
+        },
+        {"after_function": "current_time", "reply": "In Tokyo it is {output}."},
+        {
+            "user": "convert",
+            "function_call": {
+                "name": "convert_units",
+                "arguments": {"value": 10, "from_unit": "miles", "to_unit": "km"},
+            },
+        },
+        {
+            "after_function": "convert_units",
+            "reply": "Ten miles are about sixteen point one kilometres.",
+        },
+        {
+            "user": "story",
+            "reply": (
+                "Once upon a time there was a small cat who lived by the sea. "
+                "Every morning she walked along the beach to watch the boats come in. "
+                "The fishermen knew her well and always saved a little fish for her. "
+                "One day a storm came, and the boats did not come back in the evening. "
+                "The cat waited on the pier all night, looking out at the dark water. "
+                "At dawn she saw a small light far away, and then another, and another."
+            ),
+        },
+        {"user": "hello", "reply": "Hello! How can I help you today?"},
+        {"user": "weather", "reply": "It is sunny and warm today."},
+    ],
+}
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    pytest.importorskip("playwright.sync_api")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser_engine(speech_stack: Any) -> Iterator[Any]:
+    from aoai_realtime.engine import EngineConfig, EngineThread
+
+    thread = EngineThread(
+        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT)
+    )
+    try:
+        yield thread
+    finally:
+        thread.close()
+
+
+@pytest.fixture(scope="module")
+def web(browser_engine: Any) -> Iterator[ServerThread]:
+    """``serve`` with the local engine: the page, the relay and the demo tools."""
+    upstreams = Upstreams(
+        settings=None, local=LocalEngine.external(browser_engine.http_url), listen_host="127.0.0.1"
+    )
+    config = ServerConfig(host="127.0.0.1", port=0, policy=Policy.build(tools=demo_tools()))
+    server = ServerThread(config, upstreams)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def write_wav(path: Path, pcm: bytes, rate: int = 24000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return path
+
+
+class Browser:
+    """One Chromium with a fake microphone file, one page, and every console problem seen."""
+
+    def __init__(self, executable: str, wav: Path) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(
+            executable_path=executable,
+            args=[*ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
+        )
+        self.context = self.browser.new_context(viewport={"width": 1280, "height": 1000})
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: (
+                self.problems.append(f"console.error: {m.text}") if m.type == "error" else None
+            ),
+        )
+        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
+
+    def rt(self, expr: str) -> Any:
+        return self.page.evaluate(f"() => {{ const rt = window.__rt; return {expr}; }}")
+
+    def wait(self, expr: str, timeout: float = 30.0, what: str = "") -> Any:
+        """Poll a JavaScript expression over ``rt`` (window.__rt) until it is truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.rt(expr)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                state = self.rt(
+                    "({state: rt.state, lastError: rt.lastError, "
+                    "events: rt.events.slice(-12).map(e => e.type)})"
+                )
+                raise AssertionError(f"timed out waiting for {what or expr}: {state}")
+            self.page.wait_for_timeout(100)
+
+    def text(self, selector: str) -> list[str]:
+        return self.page.locator(selector).all_inner_texts()
+
+    def close(self) -> None:
+        self.context.close()
+        self.browser.close()
+        self._pw.stop()
+
+
+@pytest.fixture
+def open_browser(chromium_path: str) -> Iterator[Callable[[Path], Browser]]:
+    made: list[Browser] = []
+
+    def make(wav: Path) -> Browser:
+        b = Browser(chromium_path, wav)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def engine_sessions(engine: Any) -> int:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(engine.http_url + "/healthz", timeout=5) as resp:
+        return int(json.load(resp)["sessions"])
+
+
+def wait_engine_sessions(engine: Any, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine_sessions(engine) != count:
+        assert time.monotonic() < deadline, f"the engine still has {engine_sessions(engine)}"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
+    web: ServerThread,
+    browser_engine: Any,
+    open_browser: Callable[[Path], Browser],
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    tmp_path: Path,
+) -> None:
+    # 1 s of silence, a request for a long story, 5 s in which the story starts playing, a
+    # second utterance that barges in, then silence.
+    first = tts_wav("Please tell me a story.")
+    second = tts_wav("Hello there.")
+    wav = write_wav(
+        tmp_path / "mic.wav",
+        silence(1000) + first + silence(5000) + second + silence(20000),
+    )
+    base = engine_sessions(browser_engine)
+    b = open_browser(wav)
+    page = b.page
+    page.goto(web.url)
+    b.wait(
+        "document.getElementById('start') && !document.getElementById('start').disabled",
+        what="the page to load its configuration",
+    )
+    assert page.locator("#tools li").count() == 2  # the server tools are listed
+    page.click("#start")
+
+    # the session starts
+    b.wait("rt.state === 'connected'", 20, "the session to start")
+    assert page.locator("#transcript .marker", has_text="<< Session Started >>").count() == 1
+    assert engine_sessions(browser_engine) == base + 1
+
+    # the user's words appear as a transcript
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.user .text')]"
+        ".some(n => /story/i.test(n.textContent))",
+        30,
+        "the user's transcript",
+    )
+    # the assistant's reply appears and its audio is played
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
+        ".some(n => n.textContent.startsWith('Once upon a time'))",
+        30,
+        "the assistant's reply",
+    )
+    b.wait("Object.values(rt.playedMs).some(ms => ms > 300)", 20, "audio to be played")
+    assert page.locator("#transcript .marker", has_text="<< Speech Started >>").count() >= 1
+
+    # the second utterance barges in: playback stops and a truncate goes out with the played ms
+    truncate = b.wait(
+        "rt.sent.find(e => e.type === 'conversation.item.truncate')", 30, "the truncate"
+    )
+    assert truncate["content_index"] == 0
+    assert truncate["audio_end_ms"] > 300
+    played = b.rt(f"rt.playedMs[{truncate['item_id']!r}]")
+    assert played == truncate["audio_end_ms"]
+    # the engine accepted it: truncated at exactly that point, no error
+    truncated = b.wait(
+        "rt.events.find(e => e.type === 'conversation.item.truncated')", 10, "truncated"
+    )
+    assert truncated["item_id"] == truncate["item_id"]
+    assert truncated["audio_end_ms"] == truncate["audio_end_ms"]
+    # the story was cut short: far less than its whole length was played
+    page.wait_for_timeout(1000)
+    assert b.rt(f"rt.playedMs[{truncate['item_id']!r}]") == truncate["audio_end_ms"]
+    # ... and the second utterance is answered
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
+        ".some(n => n.textContent.includes('How can I help you today'))",
+        30,
+        "the answer to the second utterance",
+    )
+
+    # a typed message is answered
+    page.fill("#message", "How is the weather?")
+    page.press("#message", "Enter")
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
+        ".some(n => n.textContent.includes('sunny and warm'))",
+        30,
+        "the answer to the typed message",
+    )
+
+    # a server-side tool runs and is shown, with its arguments and result
+    page.fill("#message", "Please convert ten miles to kilometres.")
+    page.click("#send")
+    tool = page.locator("#transcript .msg.tool")
+    b.wait(
+        "document.querySelector('#transcript .msg.tool:not(.running) .tool-output')",
+        30,
+        "the tool result",
+    )
+    assert tool.locator(".tool-name").inner_text() == "convert_units"
+    assert '"from_unit": "miles"' in tool.locator(".tool-args").inner_text()
+    assert "10 mi = 16.0934 km" in tool.locator(".tool-output").inner_text()
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
+        ".some(n => n.textContent === 'Ten miles are about sixteen point one kilometres.')",
+        30,
+        "the whole answer after the tool",
+    )
+    errors = b.rt("rt.events.filter(e => e.type === 'error')")
+    assert errors == [], errors
+    assert b.rt("rt.lastError") is None
+
+    # a picture of the page in use, for the README
+    page.locator("#transcript").evaluate("n => n.scrollTop = n.scrollHeight")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    # Stop closes the upstream
+    page.click("#stop")
+    b.wait("rt.state === 'idle'", 5, "idle after Stop")
+    wait_engine_sessions(browser_engine, base)
+    assert page.locator("#transcript .marker", has_text="<< Session Ended >>").count() == 1
+    assert b.problems == [], b.problems
+
+
+def test_upstream_failure_shows_one_message_and_start_works_again(
+    web: ServerThread,
+    browser_engine: Any,
+    open_browser: Callable[[Path], Browser],
+    silence: Callable[[int], bytes],
+    tmp_path: Path,
+) -> None:
+    wav = write_wav(tmp_path / "quiet.wav", silence(30000))
+    b = open_browser(wav)
+    page = b.page
+    page.goto(web.url)
+    b.wait("!document.getElementById('start').disabled", what="the page to load")
+
+    # the engine refuses the upstream handshake with 401
+    web.upstreams.local_query = {"fault": "refuse:401"}
+    try:
+        page.click("#start")
+        b.wait("rt.lastError", 20, "the error")
+        b.wait("rt.state === 'idle'", 5, "idle after the error")
+    finally:
+        web.upstreams.local_query = {}
+    error = b.rt("rt.lastError")
+    assert error["type"] == "relay_error" and error["code"] == "upstream_unauthorized"
+    banner = page.locator("#banner")
+    assert banner.is_visible()
+    assert "refused the credentials" in banner.inner_text()
+    assert "Start" in banner.inner_text()
+    assert b.rt("rt.events.filter(e => e.type === 'error').length") == 1
+    page.wait_for_timeout(1500)  # no loop: nothing more happens on its own
+    assert b.rt("rt.events.filter(e => e.type === 'error').length") == 1
+    assert b.rt("rt.states.filter(s => s === 'connecting').length") == 1
+
+    # the session dies mid-way: the engine closes the socket after a few events
+    web.upstreams.local_query = {"fault": "close:1011:after=3"}
+    try:
+        page.click("#start")
+        b.wait("rt.lastError", 20, "the second error")
+    finally:
+        web.upstreams.local_query = {}
+    assert b.rt("rt.lastError.code") == "upstream_closed"
+    assert "1011" in banner.inner_text()
+    b.wait("rt.state === 'idle'", 5, "idle after the second error")
+
+    # Start works again, and the session is healthy
+    page.click("#start")
+    b.wait("rt.state === 'connected'", 20, "the restarted session")
+    assert not banner.is_visible()
+    page.fill("#message", "Hello")
+    page.press("#message", "Enter")
+    b.wait(
+        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
+        ".some(n => n.textContent.includes('How can I help you today'))",
+        30,
+        "an answer after the restart",
+    )
+    page.click("#stop")
+    b.wait("rt.state === 'idle'", 5)
+    assert b.problems == [], b.problems
