@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -293,3 +294,41 @@ async def test_engine_with_a_chat_completions_brain(
     output = event["response"]["output"][0]
     assert output["type"] == "function_call" and output["call_id"] == "call_x"
     assert json.loads(output["arguments"]) == {"city": "Oslo"}
+
+
+# ------------------------------------------------------------------------------ speaking early
+
+
+def test_the_first_spoken_piece_ends_early_then_sentences_follow() -> None:
+    from aoai_realtime.engine.generation import PieceChunker
+    from aoai_realtime.engine.speech.tts import SentenceChunker
+
+    def stream(chunker: PieceChunker, text: str) -> list[str]:
+        """Feed the text word by word, as a model streams it; return every piece."""
+        pieces: list[str] = []
+        for word in re.findall(r"\S+\s*", text):
+            pieces += chunker.push(word)
+        return pieces + chunker.flush()
+
+    chunker = PieceChunker(SentenceChunker)
+    pieces = stream(chunker, "To boil an egg, start with cold water. Then wait ten minutes. Done")
+    assert pieces == [
+        "To boil an egg,",
+        "start with cold water.",
+        "Then wait ten minutes.",
+        "Done",
+    ]
+    assert chunker.early_piece == "To boil an egg,"
+    pieces = stream(
+        PieceChunker(SentenceChunker), "The capital of France is Paris and it is lovely in spring."
+    )
+    assert pieces == ["The capital of France is", "Paris and it is lovely in spring."]
+
+
+def test_trailing_quiet_is_trimmed_to_a_short_pause() -> None:
+    from aoai_realtime.engine.generation import trim_trailing_quiet
+
+    loud = (b"\x00\x10" * 24) * 100  # 100 ms of signal
+    quiet = b"\x00\x00" * 24 * 300  # 300 ms of silence
+    assert len(trim_trailing_quiet(loud + quiet, 80)) == len(loud) + 48 * 80
+    assert trim_trailing_quiet(quiet, 80) == quiet

@@ -20,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
+
+import numpy as np
 
 from .brains import Brain, BrainFinish, BrainRequest, FunctionCall, TextDelta
 from .workers import SharedSpeech
@@ -31,10 +34,24 @@ log = logging.getLogger(__name__)
 
 FIRST_PIECE_MIN_WORDS = 3
 """The first spoken piece may end at a clause break once it has this many words."""
-FIRST_PIECE_MAX_WORDS = 7
+FIRST_PIECE_MAX_WORDS = 5
 """...and is cut at a word boundary if it grows this long without any break."""
 
+EARLY_PIECE_PAUSE_MS = 80
+"""The synthesizer ends every piece with a sentence-final pause (about 230 ms); after a piece cut
+early, in mid-sentence, only this much of it is kept, so the seam sounds like a short breath."""
+
 _CLAUSE_BREAK = re.compile(r"[,;:\u2014]\s")
+
+
+def trim_trailing_quiet(pcm16: bytes, keep_ms: int, level: int = 300) -> bytes:
+    """PCM16 24 kHz audio without its trailing quiet beyond ``keep_ms``."""
+    samples = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % 2], dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > level)
+    if loud.size == 0:
+        return pcm16
+    end = min(samples.size, int(loud[-1]) + 1 + keep_ms * 24)
+    return samples[:end].tobytes()
 
 
 @dataclass
@@ -44,6 +61,7 @@ class Spoken:
     text: str
     audio: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     synthesized: asyncio.Event = field(default_factory=asyncio.Event)
+    early: bool = False  # cut before the end of its sentence: the speech goes on after it
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -64,6 +82,7 @@ class PieceChunker:
         self._inner = make_sentence_chunker()
         self._first = True
         self._buffer = ""
+        self.early_piece: str | None = None  # the first piece, if it was cut early
 
     def push(self, delta: str) -> list[str]:
         if not self._first:
@@ -78,6 +97,7 @@ class PieceChunker:
             return []
         piece, rest = self._buffer[:cut].strip(), self._buffer[cut:]
         self._first = False
+        self.early_piece = piece
         self._inner = self._make()
         return ([piece] if piece else []) + list(self._inner.push(rest))
 
@@ -152,8 +172,8 @@ class Generation:
 
     # ------------------------------------------------------------------ tasks
 
-    def _piece(self, text: str) -> None:
-        spoken = Spoken(text)
+    def _piece(self, text: str, early: bool = False) -> None:
+        spoken = Spoken(text, early=early)
         self._out.put_nowait(spoken)
         self._pieces.put_nowait(spoken)
         if self._first is None:
@@ -177,7 +197,7 @@ class Generation:
                     else:
                         had_first = self._first is not None
                         for piece in chunker.push(event.text):
-                            self._piece(piece)
+                            self._piece(piece, early=piece is chunker.early_piece)
                         if not had_first and self._first is not None:
                             # Let the first piece be synthesized at full speed: the brain
                             # (a local model on the same cores) waits until it is.
@@ -214,12 +234,24 @@ class Generation:
             spoken = await self._pieces.get()
             if spoken is None:
                 return
+            started = time.perf_counter()
             try:
                 if self.speech is not None:
+                    held = b""
                     async for pcm in self.speech.synthesize(
                         spoken.text, voice=self.voice, speed=self.speed
                     ):
-                        spoken.audio.put_nowait(pcm)
+                        if spoken.early:
+                            held += pcm  # the tail is trimmed below: keep it back
+                        else:
+                            spoken.audio.put_nowait(pcm)
+                    if held:
+                        spoken.audio.put_nowait(trim_trailing_quiet(held, EARLY_PIECE_PAUSE_MS))
+                log.debug(
+                    "synthesized %d chars in %.0f ms",
+                    len(spoken.text),
+                    (time.perf_counter() - started) * 1000,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a piece without audio; the reply goes on

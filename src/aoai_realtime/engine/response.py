@@ -267,13 +267,17 @@ class ResponseRun:
             if item.input_audio:
                 self._input_audio_ms += len(item.input_audio) / 48
         self._mark("transcripts", t0)
-        if session.faults.server_error_response == self.number:
-            raise InjectedServerError()
         request = brain_request(self.plan, [item.history() for item in context])
         plan = self.plan
-        generation = session.speculator.claim_reply(
-            request, audio=plan.audio, voice=plan.voice, speed=plan.speed
-        )
+        generation = None
+        if not plan.out_of_band:  # a reply prepared during the pause is for the conversation
+            generation = session.speculator.claim_reply(
+                request, audio=plan.audio, voice=plan.voice, speed=plan.speed
+            )
+        if session.faults.server_error_response == self.number:
+            if generation is not None:
+                generation.cancel()
+            raise InjectedServerError()
         if generation is not None:
             self._mark("using the reply prepared during the pause", t0)
         else:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPECULATE_AFTER_MS = 30
+SPECULATE_AFTER_MS = 60
 """How long a pause must last before its turn is worked on speculatively."""
 
 
