@@ -125,6 +125,7 @@ class Session {
     this.carry = new Map(); // item id -> odd trailing byte of its last delta
     this.activeResponse = null;
     this.pendingResponseCreate = false;
+    this.cancelSent = false; // a response.cancel may race the response's natural end
     this.pendingTurn = null; // {t} at speech_stopped, until the reply is heard
     this.pendingTyped = []; // typed messages shown before the server echoed them
     this.assistantSpoke = false;
@@ -600,6 +601,11 @@ function onError(s, error) {
     });
     return;
   }
+  if (error.code === "response_cancel_not_active" && s.cancelSent) {
+    // Our cancel crossed the response's own end on the wire: nothing was lost, say nothing.
+    s.cancelSent = false;
+    return;
+  }
   const label = error.code || error.type || "error";
   transcript.notice(`${label}: ${error.message || "the service reported an error"}`);
 }
@@ -644,6 +650,7 @@ function onItem(s, item, done) {
 
 function onResponseDone(s, response) {
   s.activeResponse = null;
+  if (response.status_details?.reason === "client_cancelled") s.cancelSent = false;
   const usage = response.usage;
   if (usage && Number.isFinite(usage.total_tokens)) {
     tokens += usage.total_tokens;
@@ -745,6 +752,7 @@ async function interruptAssistant(s) {
   const cancel = !!s.activeResponse;
   await interruptPlayback(s);
   if (cancel && current === s && s.activeResponse) {
+    s.cancelSent = true;
     send(s, { type: "response.cancel" });
     return true;
   }
