@@ -18,6 +18,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing aoai-realtime and its offline speech stack into $(VENV)"
+	@echo "(the first time takes a few minutes: llama-cpp-python compiles from source)"
 	$(BIN)/pip install --quiet -e '.[local,test]'
 	touch $(STAMP)
 
