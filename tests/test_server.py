@@ -244,6 +244,8 @@ async def test_page_files_config_and_health(server: ServerThread) -> None:
         )
         assert [t["name"] for t in config["tools"]] == ["current_time", "convert_units"]
         assert all(t["description"] for t in config["tools"])
+        assert config["tool_results_visible"] is True and config["show_tool_results"] is True
+        assert config["resume"] is True
         # a plain GET on the relay says what it is
         async with http.get(server.url + "realtime") as resp:
             assert resp.status == 426
@@ -457,7 +459,10 @@ async def test_hidden_tool_results(tool_engine: Any) -> None:
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(srv.url + "api/config") as resp:
-                assert (await resp.json())["show_tool_results"] is False
+                config = await resp.json()
+            # the page marks a call done when its response ends, as no result will come
+            assert config["tool_results_visible"] is False
+            assert config["show_tool_results"] is False
             page = await open_page(srv.ws_url, http)
             await page.next("session.created")
             await page.say("Please convert ten miles")
@@ -974,6 +979,19 @@ def test_serve_refuses_settings_that_cannot_work(
     with pytest.raises(SystemExit) as exited:
         serve_main(["--port", "70000"])
     assert exited.value.code == 2
+
+
+def test_serve_no_resume_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aoai_realtime.server.cli import build_parser, prepare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k" * 32)
+    config, _ = prepare(build_parser().parse_args(["--no-local"]))
+    assert config.resume is True
+    config, _ = prepare(build_parser().parse_args(["--no-local", "--no-resume"]))
+    assert config.resume is False
 
 
 @pytest.mark.slow

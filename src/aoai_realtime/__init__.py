@@ -29,6 +29,7 @@ from .client import (
     ResponseResult,
     ResponseStream,
     ServiceError,
+    SessionResumed,
     TranscriptionError,
     connect,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "ServerEvent",
     "ServiceError",
     "SessionConfig",
+    "SessionResumed",
     "Settings",
     "Tool",
     "ToolRegistry",

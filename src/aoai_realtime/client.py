@@ -20,6 +20,9 @@ moves bytes and keeps promises:
   ``response.create`` follows the ``response.done`` of the response that made the calls.
 * ``close()`` is bounded: the service sometimes never answers the close frame, so after
   ``close_timeout`` seconds the socket is simply dropped.
+* ``reconnect(restore=True)`` opens a new session and re-creates the recent conversation in it
+  (:mod:`aoai_realtime.protocol.restore`); ``auto_reconnect=True`` does so by itself when the
+  service ends the session, and says so on the event stream with :class:`SessionResumed`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ from .config import ConfigError, Settings, build_url
 from .protocol import events as ev
 from .protocol.conversation import Conversation
 from .protocol.dialect import ga_to_preview_client, preview_to_ga_server
+from .protocol.restore import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_ITEMS,
+    RESUMABLE_CLOSE_CODES,
+    ResumeBudget,
+    bound_history,
+    restorable_items,
+)
 from .protocol.session import SessionConfig
 from .tools import Tool, ToolRegistry
 
@@ -77,6 +88,7 @@ __all__ = [
     "ResponseResult",
     "ResponseStream",
     "ServiceError",
+    "SessionResumed",
     "TranscriptionError",
     "connect",
 ]
@@ -178,6 +190,24 @@ class ConnectionClosed(RealtimeError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class SessionResumed(ev.ServerEvent):
+    """A local event (never sent by the service): with ``auto_reconnect=True``, the service ended
+    the session and the client went on in a new one, with the recent conversation restored.
+
+    ``cause`` is ``"session_expired"`` or ``"connection_closed"`` (``close_code`` says how);
+    ``items_restored`` items were re-created, ``items_left_out`` older ones did not fit the
+    history bounds; ``request_id`` is the new connection's ``x-ms-client-request-id``.
+    """
+
+    type: Literal["client.session_resumed"] = "client.session_resumed"
+    cause: str
+    close_code: int | None = None
+    items_restored: int = 0
+    items_left_out: int = 0
+    request_id: str | None = None
+    message: str = ""
 
 
 # ============================================================================================
@@ -704,6 +734,7 @@ class RealtimeClient:
         ack_timeout: float = 30.0,
         max_queue: int | None = 10_000,
         observer: Observer | None = None,
+        auto_reconnect: bool = False,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
@@ -722,6 +753,12 @@ class RealtimeClient:
         self.observer = observer
         self.close_code: int | None = None
         self.close_reason: str = ""
+        self.auto_reconnect = auto_reconnect
+        self.resume_budget = ResumeBudget()
+        """Bounds automatic reconnects: attempts per time window, with backoff."""
+        self.max_restore_items = DEFAULT_MAX_ITEMS
+        self.max_restore_chars = DEFAULT_MAX_CHARS
+        """The history a restoring reconnect carries over (newest items that fit)."""
 
         self._initial_config = session
         self._sent_config: SessionConfig | None = None
@@ -746,6 +783,7 @@ class RealtimeClient:
         self._closed = False
         self._user_closed = False
         self._reconnecting = False
+        self._auto_task: asyncio.Task[None] | None = None
         self._connections = 0
 
     # ------------------------------------------------------------------ opening
@@ -900,6 +938,10 @@ class RealtimeClient:
             return
         self._user_closed = True
         self._closed = True
+        auto = self._auto_task
+        if auto is not None and not auto.done() and auto is not asyncio.current_task():
+            auto.cancel()
+            await asyncio.gather(auto, return_exceptions=True)
         for task in list(self._tool_tasks):
             task.cancel()
         await self._close_ws()
@@ -938,43 +980,191 @@ class RealtimeClient:
 
     # ------------------------------------------------------------------ reconnecting
 
-    async def reconnect(self) -> None:
+    async def reconnect(
+        self,
+        restore: bool = False,
+        *,
+        max_items: int | None = None,
+        max_chars: int | None = None,
+    ) -> int:
         """Open a new connection (fresh credentials and request id) and re-send the session
         configuration set so far, tools included.
 
-        The service does not carry conversation items over to a new connection: the
-        conversation starts empty (:attr:`conversation` is reset), and calls waiting on the old
-        connection raise :class:`ConnectionClosed`.
+        The service does not carry conversation items over to a new connection. With
+        ``restore``, the recent finished items of :attr:`conversation` are re-created in the
+        new session (user text and transcripts as ``input_text``, assistant transcripts as
+        ``output_text``, function calls with their outputs; never audio), at most ``max_items``
+        items and ``max_chars`` characters of text (default :attr:`max_restore_items`,
+        :attr:`max_restore_chars`), newest first; see :mod:`aoai_realtime.protocol.restore`.
+        :attr:`conversation` then starts again from what the new session reports. Calls waiting
+        on the old connection raise :class:`ConnectionClosed`. Returns how many items the new
+        session accepted (0 without ``restore``).
         """
+        await self._after_auto_resume()  # never two reconnects at once
         if self._user_closed:
             raise ConnectionClosed("the client was closed; open a new one with connect()")
+        items = self._restorable(max_items, max_chars)[0] if restore else []
         self._reconnecting = True
         try:
-            for task in list(self._tool_tasks):
-                task.cancel()
-            await self._close_ws()
-            self._closed = True  # until the new connection is open
-            self._fail_all(ConnectionClosed("reconnecting: the old connection was closed"))
-            self._drain_end_markers()
-            self.conversation = Conversation()
-            self._audio_in.reset()
-            self._transcripts.clear()
-            self._seen_calls.clear()
-            self._calls.clear()
-            await self._open()
-            config = self._sent_config
-            self._sent_config = None
-            if config is not None:
-                await self.update_session(config)
+            return await self._reconnect(items)
         finally:
             self._reconnecting = False
+
+    def _restorable(
+        self, max_items: int | None, max_chars: int | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The items to re-create, and how many older ones are left out."""
+        every = restorable_items(self.conversation)
+        kept = bound_history(
+            every,
+            max_items=self.max_restore_items if max_items is None else max_items,
+            max_chars=self.max_restore_chars if max_chars is None else max_chars,
+        )
+        return kept, len(every) - len(kept)
+
+    async def _reconnect(self, items: list[dict[str, Any]]) -> int:
+        for task in list(self._tool_tasks):
+            task.cancel()
+        await self._close_ws()
+        self._closed = True  # until the new connection is open
+        self._fail_all(ConnectionClosed("reconnecting: the old connection was closed"))
+        self._drain_end_markers()
+        self.conversation = Conversation()
+        self._audio_in.reset()
+        self._transcripts.clear()
+        self._seen_calls.clear()
+        self._calls.clear()
+        await self._open()
+        config = self._sent_config
+        self._sent_config = None
+        if config is not None:
+            await self.update_session(config)
+        if not items:
+            return 0
+        return await self._restore_items(items)
+
+    async def _restore_items(self, items: list[dict[str, Any]]) -> int:
+        """Create ``items`` in order (sent back to back), then wait for every acknowledgement;
+        returns how many were accepted (a refused one is logged)."""
+        futures: list[asyncio.Future[Any]] = []
+        for item in items:
+            data = dict(item)
+            item_id = data.get("id") or f"item_{self._id_prefix}{secrets.token_hex(8)}"
+            data["id"] = item_id
+
+            def added(e: ev.ServerEvent, item_id: str = item_id) -> bool:
+                return isinstance(e, ev.ConversationItemAdded) and e.item.id == item_id
+
+            fut = await self._send_request(
+                {"type": "conversation.item.create", "item": data}, match=added
+            )
+            assert fut is not None
+            futures.append(fut)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, ServiceError):
+                log.warning("the new session refused a restored item: %s", result)
+            elif isinstance(result, BaseException):
+                raise result
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    # ------------------------------------------------------------------ automatic reconnects
+
+    def _may_auto_resume(self) -> bool:
+        return self.auto_reconnect and not self._user_closed and not self._reconnecting
+
+    def _start_auto_resume(self, cause: str, code: int | None, detail: str) -> None:
+        """The service ended the session: go on in a new one (in a task of its own)."""
+        self._reconnecting = True  # synchronously: the close that follows is expected
+        self._auto_task = asyncio.ensure_future(self._auto_resume(cause, code, detail))
+
+    async def _auto_resume(self, cause: str, code: int | None, detail: str) -> None:
+        what = (
+            "the service ended the session (session_expired)"
+            if cause == "session_expired"
+            else f"the connection closed (code {code}{': ' + detail if detail else ''})"
+        )
+        items, left_out = self._restorable(None, None)
+        last: BaseException | None = None
+        try:
+            while True:
+                delay = self.resume_budget.next_delay(time.monotonic())
+                if delay is None:
+                    budget = self.resume_budget
+                    await self._end_auto_resume(
+                        ConnectionClosed(
+                            f"{what}; the client already reconnected {budget.max_attempts} "
+                            f"times in the last {budget.window_s:g} s and stops here"
+                            + (f" (last failure: {last})" if last else ""),
+                            code=code,
+                        )
+                    )
+                    return
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    restored = await self._reconnect(items)
+                except (AuthenticationError, DeploymentNotFound, RateLimited, ServiceError) as exc:
+                    # never retried: the next attempt would be refused the same way
+                    await self._end_auto_resume(
+                        ConnectionClosed(f"{what}; reconnecting failed: {exc}", code=code), exc
+                    )
+                    return
+                except HandshakeError as exc:
+                    if exc.status < 500:
+                        await self._end_auto_resume(
+                            ConnectionClosed(f"{what}; reconnecting failed: {exc}", code=code), exc
+                        )
+                        return
+                    last = exc
+                except (ConnectError, ConnectionClosed, asyncio.TimeoutError) as exc:
+                    last = exc  # the service is unreachable, or the new session ended at once
+                else:
+                    break
+                log.warning("reconnecting failed (%s); trying again", last)
+            noun = "item" if restored == 1 else "items"
+            message = (
+                f"{what}; a new session continues the conversation ({restored} {noun} restored)"
+            )
+            log.info(message)
+            self._queue_put(
+                SessionResumed(
+                    cause=cause,
+                    close_code=code,
+                    items_restored=restored,
+                    items_left_out=left_out,
+                    request_id=self.request_id,
+                    message=message[:1].upper() + message[1:] + ".",
+                )
+            )
+        finally:
+            self._reconnecting = False
+
+    async def _end_auto_resume(
+        self, error: ConnectionClosed, cause: BaseException | None = None
+    ) -> None:
+        """Give up: the event stream ends with ``error`` (its ``__cause__`` says why)."""
+        error.__cause__ = cause
+        log.warning("%s", error)
+        await self._close_ws()
+        self._closed = True
+        self._fail_all(error)
+        self._queue_put(_End(error))
 
     # ------------------------------------------------------------------ sending
 
     def _new_event_id(self) -> str:
         return f"evt_{self._id_prefix}{next(self._ids):06d}"
 
+    async def _after_auto_resume(self) -> None:
+        """While an automatic reconnect sets up a new session, wait for it (its own calls go
+        through): what the application sends then goes to the new session."""
+        auto = self._auto_task
+        if auto is not None and not auto.done() and auto is not asyncio.current_task():
+            await asyncio.wait({auto})
+
     async def _send_wire(self, event: dict[str, Any], *, translate: bool = True) -> None:
+        await self._after_auto_resume()
         ws = self._ws
         if ws is None or ws.closed or self._closed:
             raise ConnectionClosed(
@@ -1020,6 +1210,35 @@ class RealtimeClient:
         timeout: float | None = None,
     ) -> Any:
         """Send ``event`` and wait for the event that acknowledges it, or raise its error."""
+        fut = await self._send_request(
+            event,
+            match=match,
+            result=result,
+            stream=stream,
+            internal=internal,
+            swallow_codes=swallow_codes,
+            translate=translate,
+            timeout=timeout,
+        )
+        if fut is None:
+            return None
+        return await fut
+
+    async def _send_request(
+        self,
+        event: dict[str, Any],
+        *,
+        match: Callable[[ev.ServerEvent], bool],
+        result: Callable[[ev.ServerEvent], Any] = lambda e: e,
+        stream: ResponseStream | None = None,
+        internal: bool = False,
+        swallow_codes: tuple[str, ...] = (),
+        translate: bool = True,
+        timeout: float | None = None,
+    ) -> asyncio.Future[Any] | None:
+        """Send ``event``; returns the future of its acknowledgement (``None`` when
+        ``internal``: nobody waits, an error goes to the event stream)."""
+        await self._after_auto_resume()  # before the request is noted: the reconnect fails those
         event_id = self._new_event_id()
         event = {**event, "event_id": event_id}
         loop = asyncio.get_running_loop()
@@ -1043,12 +1262,9 @@ class RealtimeClient:
         except BaseException:
             self._drop_pending(pending)
             raise
-        if fut is None:
-            return None
-        try:
-            return await fut
-        finally:
-            self._drop_pending(pending)
+        if fut is not None:
+            fut.add_done_callback(lambda _: self._drop_pending(pending))
+        return fut
 
     def _expire(self, pending: _Pending, limit: float) -> None:
         self._drop_pending(pending)
@@ -1473,7 +1689,26 @@ class RealtimeClient:
     ) -> None:
         if self._ws is not ws and self._ws is not None:
             return  # an old connection, replaced by reconnect()
-        if self._user_closed or self._reconnecting:
+        if self._user_closed:
+            return
+        if self._reconnecting:
+            if self._ws is ws:  # the connection being set up (or about to be replaced) ended
+                self._closed = True
+                self.close_code = code
+                self.close_reason = reason
+                self._fail_all(
+                    ConnectionClosed(
+                        f"the connection closed (code {code}) while reconnecting",
+                        code=code,
+                        reason=reason,
+                    )
+                )
+            return
+        if self._may_auto_resume() and (code is None or code in RESUMABLE_CLOSE_CODES):
+            self.close_code = code
+            self.close_reason = reason
+            self._fail_all(ConnectionClosed(f"the connection closed (code {code})", code=code))
+            self._start_auto_resume("connection_closed", code, reason)
             return
         self._closed = True
         self.close_code = code
@@ -1535,9 +1770,12 @@ class RealtimeClient:
     def _dispatch(self, event: ev.ServerEvent) -> None:
         self.conversation.apply(event)
 
+        resume = False
         if isinstance(event, ev.ErrorEvent):
             if self._on_error(event):
                 return
+            # with auto_reconnect, the SessionResumed event tells the application instead
+            resume = event.error.code == "session_expired" and self._may_auto_resume()
         elif isinstance(event, ev.ResponseCreated):
             self._on_response_created(event)
         elif isinstance(event, ev.TranscriptionCompleted):
@@ -1577,6 +1815,9 @@ class RealtimeClient:
                 except Exception as exc:
                     waiter.future.set_exception(exc)
 
+        if resume and isinstance(event, ev.ErrorEvent):
+            self._start_auto_resume("session_expired", None, event.error.message or "")
+            return
         self._queue_put(event)
 
     def _on_error(self, event: ev.ErrorEvent) -> bool:
@@ -1778,6 +2019,7 @@ def connect(
     ack_timeout: float = 30.0,
     max_queue: int | None = 10_000,
     observer: Observer | None = None,
+    auto_reconnect: bool = False,
 ) -> _Connect:
     """Open a realtime session: ``async with connect(...) as rt:`` or ``rt = await connect(...)``.
 
@@ -1805,6 +2047,13 @@ def connect(
     an acknowledgement; ``max_queue`` bounds unread events (the oldest are dropped).
     ``observer(direction, data)`` sees every message on the wire (``"send"``: the event dict
     as sent; ``"recv"``: the text as received), e.g. to record a session.
+
+    ``auto_reconnect``: when the service ends the session (``session_expired``, or an abnormal
+    close such as 1006/1011), open a new one and restore the recent conversation
+    (:meth:`RealtimeClient.reconnect` with ``restore=True``), at most 3 times in 10 minutes
+    (``client.resume_budget``); the event stream then gets a :class:`SessionResumed` event. Calls
+    made meanwhile wait for the new session; calls that were waiting when it ended raise
+    :class:`ConnectionClosed`.
     """
     if model is not None and deployment is not None and model != deployment:
         raise ValueError("pass either deployment= or model= (they name the same thing)")
@@ -1833,6 +2082,7 @@ def connect(
             ack_timeout=ack_timeout,
             max_queue=max_queue,
             observer=observer,
+            auto_reconnect=auto_reconnect,
         )
         await client._start()
         return client

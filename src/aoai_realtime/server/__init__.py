@@ -2,6 +2,7 @@
 
 * :class:`Relay` (``relay.py``): one client, one upstream, events both ways, framework-free;
 * :class:`Policy` (``policy.py``): what clients may set, what the operator adds;
+* :class:`ResumeOptions` (``resume.py``): resuming a conversation when the service ends a session;
 * :class:`Upstreams` (``upstream.py``): which endpoints a client may pick, and connecting to them;
 * :func:`create_app` (``app.py``): the aiohttp application (page, ``/api/config``,
   ``/healthz``, ``/realtime``);
@@ -14,6 +15,7 @@ from .errors import RelayError
 from .local import LocalEngine
 from .policy import Policy
 from .relay import Channel, ChannelClosed, Relay, RelayObserver, RelayStats
+from .resume import ResumeOptions
 from .thread import ServerThread
 from .upstream import Upstream, Upstreams
 
@@ -26,6 +28,7 @@ __all__ = [
     "RelayError",
     "RelayObserver",
     "RelayStats",
+    "ResumeOptions",
     "ServerConfig",
     "ServerThread",
     "Upstream",

@@ -35,6 +35,7 @@ from .errors import RelayError
 from .logs import log
 from .policy import Policy
 from .relay import Channel, Relay, RelayObserver
+from .resume import ResumeOptions
 from .upstream import Upstream, Upstreams, is_loopback_host
 
 __all__ = ["STATIC_DIR", "ServerConfig", "create_app"]
@@ -86,6 +87,12 @@ class ServerConfig:
     heartbeat_s: float | None = 20.0
     """Ping idle clients this often, so a browser that vanished is noticed and its upstream
     closed."""
+    resume: bool = True
+    """Resume the conversation in a new upstream session when the service ends one
+    (``session_expired``, a dropped connection); ``False`` (``--no-resume``): the page gets one
+    ``relay_error`` and Start opens a fresh session."""
+    resume_options: ResumeOptions = field(default_factory=ResumeOptions)
+    """Attempts, backoff and the history carried over (see :class:`ResumeOptions`)."""
 
 
 UPSTREAMS_KEY = web.AppKey("upstreams", Upstreams)
@@ -223,6 +230,8 @@ def page_config(config: ServerConfig, upstreams: Upstreams) -> dict[str, Any]:
         "settable": sorted(policy.settable),
         "tools": [{"name": t.name, "description": t.description} for t in policy.tools],
         "show_tool_results": policy.show_tool_results,
+        "tool_results_visible": policy.show_tool_results,
+        "resume": config.resume,
         "version": __version__,
     }
 
@@ -295,11 +304,15 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
     except RelayError as exc:
         failure = exc
 
+    sessions = 0
+
     async def connect() -> Channel:
+        nonlocal sessions
         if failure is not None:
             raise failure
         assert chosen is not None
-        return await upstreams.connect(chosen, conn_id=conn_id)
+        sessions += 1  # the first upstream session, then one per resume
+        return await upstreams.connect(chosen, conn_id=conn_id, resume=sessions > 1)
 
     observer: RelayObserver | None = None
     if config.observer_factory is not None:
@@ -316,6 +329,7 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         upstream_label=chosen.label if chosen is not None else "the upstream",
         observer=observer,
         conn_id=conn_id,
+        resume=config.resume_options if config.resume else None,
     )
     relays: set[Relay] = request.app[RELAYS_KEY]
     relays.add(relay)

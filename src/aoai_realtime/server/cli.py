@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run server tools but do not show their results to the page",
     )
     parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="when the service ends a session (session_expired, a dropped connection), end the "
+        "page's session with one error instead of resuming the conversation in a new one",
+    )
+    parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -226,6 +232,7 @@ def prepare(args: argparse.Namespace) -> tuple[ServerConfig, Upstreams]:
         port=port,
         policy=policy,
         allowed_origins=tuple(args.allow_origin),
+        resume=not args.no_resume,
         observer_factory=recorder_factory(args.record) if args.record else None,
     )
     upstreams = Upstreams(

@@ -17,9 +17,14 @@ What it does on the way:
 * runs server tools: on ``response.function_call_arguments.done`` it runs the tool, sends the
   ``function_call_output`` item, and ``response.create`` once that response's ``response.done``
   has arrived (only if it completed);
-* turns every upstream failure (refused handshake, closed socket, ``server_error``,
-  ``session_expired``) into exactly one ``relay_error`` event, then closes the client: no loops,
-  no half-open state;
+* resumes the conversation when the service ends the session (``session_expired``, or a
+  connection that drops: 1001/1006/1011/...): a new upstream session gets the session
+  configuration and the recent finished history again, the page's events wait meanwhile, and the
+  page is told with one non-fatal ``relay_notice`` (``session_resumed``); bounded attempts with
+  backoff (:class:`~.resume.ResumeOptions`);
+* turns every other upstream failure (refused handshake, closed socket, ``server_error``, a
+  resume that cannot be made) into exactly one ``relay_error`` event, then closes the client: no
+  loops, no half-open state;
 * closes the upstream as soon as the client leaves.
 
 The hot path (audio deltas both ways) is forwarded without decoding the JSON when no
@@ -40,10 +45,12 @@ from typing import Any, Literal, Protocol
 
 from ..protocol import dialect as _dialect
 from ..protocol.errors import ProtocolError
+from ..protocol.restore import RESUMABLE_CLOSE_CODES
 from ..tools import Tool
 from .errors import CLOSE_POLICY, CLOSE_UPSTREAM, RelayError, error_event
 from .logs import log
 from .policy import Policy
+from .resume import ConversationLog, HeldEvents, ResumeOptions, SessionTracker
 
 __all__ = [
     "Channel",
@@ -88,7 +95,8 @@ class Channel(Protocol):
 
 
 Connector = Callable[[], Awaitable[Channel]]
-"""Opens the upstream channel; raises :class:`RelayError` with a page-ready message on failure."""
+"""Opens the upstream channel; raises :class:`RelayError` with a page-ready message on failure.
+Called once per upstream session: again for every resume."""
 
 RelayObserver = Callable[[str, dict[str, Any]], None]
 """Called with ``("client", event)`` for every client event sent upstream (after the policy,
@@ -136,6 +144,30 @@ class _UpstreamGone(Exception):
     pass
 
 
+class _SessionEnded(Exception):
+    """The upstream session ended by the service's doing: ``cause`` is ``session_expired`` or
+    ``closed`` (then ``close_code`` says how)."""
+
+    def __init__(self, cause: str, detail: str = "", close_code: int | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.detail = detail
+        self.close_code = close_code
+
+    def describe(self) -> str:
+        if self.cause == "session_expired":
+            return "The service ended the session (session_expired)"
+        code = "no close code" if self.close_code is None else f"code {self.close_code}"
+        detail = f": {self.detail}" if self.detail else ""
+        return f"The connection to the service closed ({code}{detail})"
+
+
+# Handshake failures of a resume attempt that are tried again (within the attempt budget);
+# any other (credentials, permissions, deployment, rate limit) ends the page's session at once.
+_RETRY_CONNECT = frozenset({"upstream_unreachable", "upstream_server_error"})
+_TRUNCATE = "conversation.item.truncate"
+
+
 def _peek_type(text: str) -> str | None:
     match = _TYPE_RE.search(text, 0, _PEEK)
     return match.group(1) if match else None
@@ -162,6 +194,7 @@ class RelayStats:
     to_client: int = 0
     tool_calls: int = 0
     refused: list[str] = field(default_factory=list)
+    resumes: int = 0
     error_code: str | None = None
     closed_by: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -178,7 +211,10 @@ class Relay:
     ``client`` is the channel to the page (already accepted). ``connect`` opens the upstream
     channel; ``dialect`` is the dialect the upstream speaks, ``client_dialect`` the one the
     client speaks (GA for the page). ``upstream_label`` names the upstream in error messages
-    ("Azure OpenAI at https://RES.openai.azure.com", "the local engine").
+    ("Azure OpenAI at https://RES.openai.azure.com", "the local engine"). ``resume`` says how
+    to resume the conversation when the service ends the session (``None``: never, the page gets
+    one ``relay_error`` as for any other failure); ``connect`` is then called again for every
+    new upstream session.
     """
 
     def __init__(
@@ -193,6 +229,7 @@ class Relay:
         observer: RelayObserver | None = None,
         conn_id: str | None = None,
         preview_turn_detection_none: bool = True,
+        resume: ResumeOptions | None = None,
     ) -> None:
         self.client = client
         self.connect = connect
@@ -219,6 +256,22 @@ class Relay:
         self._done_status: dict[str, str] = {}
         self._server_call_ids: set[str] = set()
         self._tool_tasks: set[asyncio.Task[None]] = set()
+        # resume: the conversation so far, the accepted session, the page's events held while a
+        # new upstream session is set up
+        self.resume = resume
+        self._log: ConversationLog | None = None
+        self._session = SessionTracker()
+        self._held = HeldEvents()
+        self._resuming = False
+        self._restored_ids: set[str] = set()
+        self._earlier_ids: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        if resume is not None:
+            self._log = ConversationLog(keep_items=2 * resume.max_items + 50)
+            self._held = HeldEvents(
+                max_audio_ms=resume.held_audio_ms, max_events=resume.max_held_events
+            )
+            self._budget = resume.budget()
         same = client_dialect == dialect
         self._hot_server = (
             _HOT_SERVER_GA if dialect == "ga" else _HOT_SERVER_PREVIEW
@@ -271,6 +324,7 @@ class Relay:
                 task.cancel()
             await asyncio.gather(*pumps, *self._tool_tasks, return_exceptions=True)
             await self._close_both()
+            await asyncio.gather(*self._background, return_exceptions=True)
         return self._finish()
 
     async def close(self) -> None:
@@ -292,6 +346,7 @@ class Relay:
             from_upstream=s.from_upstream,
             to_client=s.to_client,
             tool_calls=s.tool_calls,
+            resumes=s.resumes,
         )
         return s
 
@@ -355,14 +410,30 @@ class Relay:
         else:
             await self._send_client_text(_dumps(event))
 
-    async def _send_upstream_text(self, text: str) -> None:
+    async def _send_upstream_text(self, text: str) -> bool:
+        """Send one message upstream; returns False when it was held for the next upstream
+        session instead (a resume is under way, or the upstream has just gone and may be
+        resumed). Raises :class:`_UpstreamGone` when the upstream has gone for good."""
         assert self.upstream is not None
-        try:
-            async with self._upstream_lock:
+        async with self._upstream_lock:
+            if self._resuming:
+                self._hold(text)
+                return False
+            try:
                 await self.upstream.send(text)
-        except ChannelClosed:
-            raise _UpstreamGone from None
+            except ChannelClosed:
+                if self.resume is None or self._closing:
+                    raise _UpstreamGone from None
+                # the upstream pump sees the end and decides whether to resume
+                self._hold(text)
+                return False
         self.stats.to_upstream += 1
+        return True
+
+    def _hold(self, text: str) -> None:
+        audio = _peek_type(text) in _HOT_CLIENT
+        bytes_per_ms = self._log.input_bytes_per_ms if self._log is not None else 48
+        self._held.add(text, audio=audio, bytes_per_ms=bytes_per_ms)
 
     async def _send_upstream(self, event: dict[str, Any], *, own: bool = False) -> str | None:
         """Send one GA-vocabulary client event upstream, in the upstream's dialect; an event of
@@ -372,11 +443,21 @@ class Relay:
             event_id = f"relay_{uuid.uuid4().hex[:20]}"
             event = {**event, "event_id": event_id}
             self._own_event_ids.add(event_id)
+        pending = None
+        if self.resume is not None and event.get("type") == "session.update":
+            # noted, so a new upstream session gets the configuration the upstream accepted
+            if not event.get("event_id"):
+                event = {**event, "event_id": f"relay_{uuid.uuid4().hex[:20]}"}
+            session = event.get("session")
+            if isinstance(session, dict):
+                pending = self._session.sent(str(event["event_id"]), session)
         if self.observer is not None:
             self.observer("client", event)
         if self.dialect == "preview":
             event = _dialect.ga_to_preview_client(event, azure=self._azure_preview)
-        await self._send_upstream_text(_dumps(event))
+        sent = await self._send_upstream_text(_dumps(event))
+        if pending is not None and not sent:
+            pending.held = True
         return event_id
 
     async def _notice(self, code: str, message: str, param: str | None = None) -> None:
@@ -488,6 +569,8 @@ class Relay:
         elif kind == "conversation.item.create":
             result = self.policy.item_create(event)
         else:
+            if kind == _TRUNCATE and self._earlier_ids and self._truncate_locally(event):
+                return
             if self.observer is not None:
                 self.observer("client", event)
             if self.dialect == "ga" and self.client_dialect == "ga":
@@ -501,17 +584,33 @@ class Relay:
             return
         await self._send_upstream(result.event)
 
+    def _truncate_locally(self, event: dict[str, Any]) -> bool:
+        """A truncation of an item from an earlier upstream session (the new session holds it as
+        text, if at all): applied to the log, so a later resume carries over only what was
+        heard, and not sent upstream, which would refuse it."""
+        item_id = event.get("item_id")
+        if self._log is None or not isinstance(item_id, str) or item_id not in self._earlier_ids:
+            return False
+        try:
+            index = int(event.get("content_index") or 0)
+            end_ms = int(event.get("audio_end_ms") or 0)
+        except (TypeError, ValueError):
+            return False
+        self._log.truncate(item_id, index, end_ms)
+        log("relay.truncated_locally", conn=self.conn_id, item_id=item_id, audio_end_ms=end_ms)
+        return True
+
     # ------------------------------------------------------------------------------ up -> client
 
     async def _upstream_pump(self) -> None:
         assert self.upstream is not None
         try:
             while True:
-                text = await self.upstream.receive()
-                if text is None:
-                    raise _UpstreamGone
-                self.stats.from_upstream += 1
-                await self._from_upstream(text)
+                try:
+                    await self._read_upstream()
+                except _SessionEnded as end:
+                    if not await self._after_session_end(end):
+                        return
         except _ClientGone:
             self.stats.closed_by = self.stats.closed_by or "client"
         except _UpstreamGone:
@@ -519,9 +618,28 @@ class Relay:
         except Exception as exc:  # a bug must still end in one clear message, never silence
             await self._internal_error(exc)
 
+    async def _read_upstream(self) -> None:
+        """Relay the current upstream until it ends: :class:`_SessionEnded` when it may be
+        resumed, :class:`_UpstreamGone` otherwise."""
+        upstream = self.upstream
+        assert upstream is not None
+        while True:
+            text = await upstream.receive()
+            if text is None:
+                if self.resume is not None and not self._closing and self._failed is None:
+                    raise _SessionEnded("closed", upstream.close_reason, upstream.close_code)
+                raise _UpstreamGone
+            self.stats.from_upstream += 1
+            await self._from_upstream(text)
+
     async def _from_upstream(self, text: str) -> None:
         kind = _peek_type(text)
         if kind in self._hot_server:
+            if self._log is not None:
+                ga_kind = (
+                    _PREVIEW_TO_GA_NAMES.get(kind, kind) if self.dialect == "preview" else kind
+                )
+                self._log.fold_hot(ga_kind, text)
             if self.observer is not None:
                 event = json.loads(text)
                 if self.dialect == "preview":
@@ -541,6 +659,10 @@ class Relay:
         for event in events:
             if self.observer is not None:
                 self.observer("server", event)
+            if self._log is not None:
+                if self._restored_ids and _is_restore_echo(event, self._restored_ids):
+                    continue  # the page already shows the restored items
+                self._log.fold(event)
             if not await self._handle_server_event(event):
                 continue
             if self._failed is not None:
@@ -563,6 +685,8 @@ class Relay:
                 self._done_status[rid] = response.get("status") or "completed"
                 await self._maybe_continue(rid)
             return True
+        if kind == "session.updated":
+            self._session.answered()
         if kind == "session.updated" and self._swallow_updated:
             self._swallow_updated = False
             return False
@@ -582,6 +706,10 @@ class Relay:
 
     async def _on_error(self, event: dict[str, Any]) -> bool:
         error = event.get("error") or {}
+        if error.get("event_id"):
+            self._session.refused(error.get("event_id"))
+        if error.get("code") == "session_expired" and self.resume is not None and not self._closing:
+            raise _SessionEnded("session_expired", (error.get("message") or "").strip())
         if error.get("event_id") in self._own_event_ids:
             if error.get("event_id") == self._initial_id:
                 self._swallow_updated = False
@@ -617,6 +745,289 @@ class Relay:
             )
             return False
         return True
+
+    # ------------------------------------------------------------------------------ resume
+
+    async def _after_session_end(self, end: _SessionEnded) -> bool:
+        """The upstream session ended: resume it (True: relay on), or tell the page once and
+        close (False)."""
+        if self._closing or self._failed is not None:
+            return False
+        assert self.resume is not None and self._log is not None
+        if end.cause == "closed" and not (
+            end.close_code is None or end.close_code in RESUMABLE_CLOSE_CODES
+        ):
+            await self._upstream_gone()  # a deliberate close: today's message
+            return False
+        events = self._log.restore_events(
+            max_items=self.resume.max_items, max_chars=self.resume.max_chars
+        )
+        if len(events) < self.resume.min_items:
+            log("relay.not_resumed", conn=self.conn_id, cause=end.cause, items=len(events))
+            await self._end_without_resume(end)
+            return False
+        return await self._resume(end)
+
+    async def _end_without_resume(self, end: _SessionEnded) -> None:
+        if end.cause == "session_expired":
+            said = f" ({end.detail})" if end.detail else ""
+            await self._fail(
+                RelayError(
+                    "session_expired",
+                    f"The session reached its maximum duration{said}. Press Start to begin a new "
+                    "session (the conversation so far is not carried over).",
+                    close_code=1000,
+                )
+            )
+        else:
+            await self._upstream_gone()
+
+    def _close_in_background(self, channel: Channel | None) -> None:
+        if channel is None:
+            return
+        task = asyncio.create_task(channel.close(1000, "session ended"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resume(self, end: _SessionEnded) -> bool:
+        """Open a new upstream session and carry the conversation over (bounded attempts);
+        True once the new session relays, False after one ``relay_error``."""
+        assert self.resume is not None and self._log is not None
+        async with self._upstream_lock:
+            self._resuming = True  # the page's events are held from now on
+        old = self.upstream
+        self._close_in_background(old)
+        log("relay.session_ended", conn=self.conn_id, cause=end.cause, code=end.close_code)
+        # the old session's loose ends: its server tools, its answers, its response in progress
+        for task in list(self._tool_tasks):
+            task.cancel()
+        self._running.clear()
+        self._done_status.clear()
+        self._swallow_updated = False
+        dropped = self._session.forget_unanswered()
+        if dropped:
+            log("relay.session_update_lost", 30, conn=self.conn_id, updates=dropped)
+        cut = self._log.end_responses()
+        for rid, output in cut.items():
+            # the page must not wait for the end of a response that will never end
+            await self._send_synthetic(
+                {
+                    "type": "response.done",
+                    "response": {
+                        "object": "realtime.response",
+                        "id": rid,
+                        "status": "cancelled",
+                        "status_details": {"type": "cancelled", "reason": "session_ended"},
+                        "output": output,
+                    },
+                }
+            )
+        self._earlier_ids = set(self._log.conversation.order)
+        last: str | None = None  # why the last attempt failed
+        while True:
+            delay = self._budget.next_delay(time.monotonic())
+            if delay is None:
+                await self._fail(self._exhausted_error(end, last))
+                return False
+            if delay:
+                await asyncio.sleep(delay)
+            if self._closing:
+                return False
+            try:
+                new = await self.connect()
+            except RelayError as exc:
+                if exc.code in _RETRY_CONNECT:
+                    log("relay.resume_retry", 30, conn=self.conn_id, code=exc.code)
+                    last = exc.message
+                    continue
+                await self._fail(self._resume_failed(end, exc))
+                return False
+            except Exception as exc:  # a connector bug must still end in one clear message
+                log("relay.connect_failed", 40, conn=self.conn_id, error=repr(exc))
+                await self._fail(
+                    self._resume_failed(
+                        end,
+                        RelayError(
+                            "upstream_unreachable",
+                            f"Could not connect to {self.upstream_label} "
+                            f"({type(exc).__name__}: {exc}). Check the server's log, then press "
+                            "Start again.",
+                        ),
+                    )
+                )
+                return False
+            installed = False
+            try:
+                restored = await self._restore(new)
+                await self._install(new)
+                installed = True
+            except (_SessionEnded, asyncio.TimeoutError) as exc:
+                last = (
+                    exc.describe()
+                    if isinstance(exc, _SessionEnded)
+                    else "the new session did "
+                    f"not answer within {self.resume.restore_timeout_s:g} s"
+                )
+                log("relay.resume_attempt_failed", 30, conn=self.conn_id, why=last)
+                continue
+            finally:
+                if not installed:
+                    self._close_in_background(new)
+            break
+        self.stats.resumes += 1
+        log(
+            "relay.resumed",
+            conn=self.conn_id,
+            cause=end.cause,
+            items=restored,
+            held_dropped_audio_ms=round(self._held.dropped_audio_ms),
+        )
+        more = " The reply in progress was cut short." if cut else ""
+        noun = "item" if restored == 1 else "items"
+        await self._send_synthetic(
+            error_event(
+                "session_resumed",
+                f"{end.describe()}; a new session continues the conversation ({restored} {noun} "
+                f"restored).{more}",
+                error_type="relay_notice",
+            )
+        )
+        return True
+
+    async def _send_synthetic(self, event: dict[str, Any]) -> None:
+        """An event the relay makes up for the page (GA vocabulary)."""
+        event.setdefault("event_id", f"relay_{uuid.uuid4().hex[:20]}")
+        if self.observer is not None:
+            self.observer("relay", event)
+        await self._send_client(event)
+
+    async def _restore(self, new: Channel) -> int:
+        """Set up a new upstream session: the accepted session configuration, then the recent
+        finished items, waiting until the session has acknowledged them. Returns how many items
+        it accepted; raises :class:`_SessionEnded` or ``TimeoutError`` when it fails."""
+        assert self.resume is not None and self._log is not None
+        initial = self.policy.initial_update()
+        session = self._session.restore_session(initial["session"] if initial else None)
+        if self.dialect == "ga":
+            session.setdefault("type", "realtime")
+        update_id = f"relay_{uuid.uuid4().hex[:20]}"
+        outgoing: list[dict[str, Any]] = []
+        if session:
+            outgoing.append({"type": "session.update", "event_id": update_id, "session": session})
+        waiting: dict[str, str] = {}  # event id -> item id
+        for event in self._log.restore_events(
+            max_items=self.resume.max_items, max_chars=self.resume.max_chars
+        ):
+            item = dict(event["item"])
+            item.setdefault("id", f"item_{uuid.uuid4().hex[:24]}")
+            event_id = f"relay_{uuid.uuid4().hex[:20]}"
+            waiting[event_id] = item["id"]
+            outgoing.append({**event, "event_id": event_id, "item": item})
+        self._restored_ids = set(waiting.values())
+        for event in outgoing:
+            self._own_event_ids.add(event["event_id"])
+            if self.observer is not None:
+                self.observer("client", event)
+            wire = event
+            if self.dialect == "preview":
+                wire = _dialect.ga_to_preview_client(event, azure=self._azure_preview)
+            try:
+                await new.send(_dumps(wire))
+            except ChannelClosed:
+                raise _SessionEnded("closed", new.close_reason, new.close_code) from None
+            self.stats.to_upstream += 1
+        accepted = 0
+        pending_items = {item_id: event_id for event_id, item_id in waiting.items()}
+        update_pending = bool(session)
+        deadline = time.monotonic() + self.resume.restore_timeout_s
+        while update_pending or pending_items:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            text = await asyncio.wait_for(new.receive(), left)
+            if text is None:
+                raise _SessionEnded("closed", new.close_reason, new.close_code)
+            self.stats.from_upstream += 1
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(raw, dict):
+                continue
+            batch = _dialect.preview_to_ga_server(raw) if self.dialect == "preview" else [raw]
+            for event in batch:
+                if self.observer is not None:
+                    self.observer("server", event)
+                kind = event.get("type")
+                if kind == "error":
+                    error = event.get("error") or {}
+                    if error.get("code") == "session_expired":
+                        raise _SessionEnded("session_expired", error.get("message") or "")
+                    refused_id = str(error.get("event_id") or "")
+                    if refused_id == update_id:
+                        update_pending = False
+                    elif refused_id in waiting:
+                        pending_items.pop(waiting[refused_id], None)
+                    log(
+                        "relay.restore_refused",
+                        30,
+                        conn=self.conn_id,
+                        code=error.get("code"),
+                        message=error.get("message"),
+                    )
+                elif kind in ("session.created", "session.updated"):
+                    self._log.fold(event)
+                    if kind == "session.updated":
+                        update_pending = False
+                elif kind == "conversation.item.added":
+                    item_id = str((event.get("item") or {}).get("id") or "")
+                    if pending_items.pop(item_id, None) is not None:
+                        accepted += 1
+                # anything else belongs to no one yet: the page's events are still held
+        return accepted
+
+    async def _install(self, new: Channel) -> None:
+        """Make ``new`` the upstream and send the page's held events to it, in order."""
+        async with self._upstream_lock:
+            self.upstream = new
+            held = self._held.take()
+            self._resuming = False
+            for i, text in enumerate(held):
+                if _peek_type(text) == _TRUNCATE and self._held_truncate_is_local(text):
+                    continue
+                try:
+                    await new.send(text)
+                except ChannelClosed:
+                    self._held.put_back(held[i:])  # the next resume sends them
+                    return
+                self.stats.to_upstream += 1
+
+    def _held_truncate_is_local(self, text: str) -> bool:
+        try:
+            event = json.loads(text)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(event, dict) and self._truncate_locally(event)
+
+    def _exhausted_error(self, end: _SessionEnded, last: str | None) -> RelayError:
+        assert self.resume is not None
+        window = self.resume.window_s
+        span = f"{window / 60:g} minutes" if window >= 60 else f"{window:g} s"
+        why = f" (the last attempt: {last[:1].lower() + last[1:]})" if last else ""
+        return RelayError(
+            "session_expired" if end.cause == "session_expired" else "upstream_closed",
+            f"{end.describe()}. The middle tier already tried {self.resume.max_attempts} times in "
+            f"the last {span} to go on in a new session{why}, so it stops here: press Start to "
+            "begin a new session.",
+            close_code=1000 if end.cause == "session_expired" else CLOSE_UPSTREAM,
+        )
+
+    def _resume_failed(self, end: _SessionEnded, exc: RelayError) -> RelayError:
+        return RelayError(
+            exc.code,
+            f"{end.describe()}, and a new session could not be opened: {exc.message}",
+            close_code=exc.close_code,
+        )
 
     # ------------------------------------------------------------------------------ server tools
 
@@ -670,3 +1081,11 @@ class Relay:
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def _is_restore_echo(event: dict[str, Any], restored: set[str]) -> bool:
+    """The upstream's echo of an item the relay restored (the page already shows it)."""
+    if event.get("type") not in ("conversation.item.added", "conversation.item.done"):
+        return False
+    item = event.get("item")
+    return isinstance(item, dict) and item.get("id") in restored

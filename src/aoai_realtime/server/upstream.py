@@ -91,7 +91,9 @@ class Upstreams:
     ``local``: the local engine (``None``: no ``local``). ``listen_host``: the address the server
     listens on; custom Azure endpoints are allowed only when it is a loopback address.
     ``local_query`` adds query parameters to local-engine URLs (a diagnostics and test hook,
-    e.g. ``{"fault": "refuse:429"}``; never settable from a client).
+    e.g. ``{"fault": "refuse:429"}``; never settable from a client). ``local_resume_query``, when
+    not ``None``, replaces it for the upstream sessions that resume a conversation (so a test can
+    end the first session with a fault and let the resumed one live, or refuse only the resume).
     """
 
     def __init__(
@@ -104,12 +106,16 @@ class Upstreams:
         connect_timeout_s: float = 10.0,
         max_msg_size: int = 32 * 1024 * 1024,
         local_query: Mapping[str, str] | None = None,
+        local_resume_query: Mapping[str, str] | None = None,
     ) -> None:
         self.local = local
         self.listen_host = listen_host
         self.connect_timeout_s = connect_timeout_s
         self.max_msg_size = max_msg_size
         self.local_query: dict[str, str] = dict(local_query or {})
+        self.local_resume_query: dict[str, str] | None = (
+            dict(local_resume_query) if local_resume_query is not None else None
+        )
         self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
         self._settings = settings if settings is not None and settings.endpoint else None
@@ -321,8 +327,9 @@ class Upstreams:
                 )
         return self._session
 
-    async def url_for(self, up: Upstream) -> str:
-        """The WebSocket URL of ``up`` (starting the local engine if needed)."""
+    async def url_for(self, up: Upstream, *, resume: bool = False) -> str:
+        """The WebSocket URL of ``up`` (starting the local engine if needed); ``resume``: for an
+        upstream session that resumes a conversation."""
         if up.kind == "local" and up.base is None:
             assert self.local is not None
             try:
@@ -333,17 +340,22 @@ class Upstreams:
                     f"The local engine is not available: {exc}. See the server's log.",
                 ) from exc
             url = build_url(base, dialect="ga", deployment=up.deployment)
-            if self.local_query:
-                url += "&" + urlencode(self.local_query, doseq=True)
+            query = self.local_query
+            if resume and self.local_resume_query is not None:
+                query = self.local_resume_query
+            if query:
+                url += "&" + urlencode(query, doseq=True)
             return url
         assert up.base is not None
         return build_url(
             up.base, dialect=up.dialect, deployment=up.deployment, api_version=up.api_version
         )
 
-    async def connect(self, up: Upstream, *, conn_id: str) -> AiohttpChannel:
-        """Open the upstream WebSocket for one client connection."""
-        url = await self.url_for(up)
+    async def connect(self, up: Upstream, *, conn_id: str, resume: bool = False) -> AiohttpChannel:
+        """Open the upstream WebSocket for one client connection (``resume``: a new session for
+        a conversation whose session ended). Credentials are asked for each time, so an Entra ID
+        token is fresh."""
+        url = await self.url_for(up, resume=resume)
         request_id = new_request_id()
         try:
             auth = await up.credential.headers()
@@ -368,6 +380,7 @@ class Upstreams:
             url=url,
             dialect=up.dialect,
             credential=describe(up.credential),
+            resume=resume or None,
         )
         started = time.monotonic()
         where = up.label[:1].upper() + up.label[1:]

@@ -13,6 +13,7 @@
 //   sent      every sent event: {type}, truncate with {item_id, content_index, audio_end_ms}
 //   playedMs  {item_id: ms of that assistant item actually played}, integer (floor)
 //   lastError {type, code, message} of the last fatal error, null after Start
+//   notices   every non-fatal notice of the middle tier: {code, message} (e.g. session_resumed)
 //   turns     latency of each spoken turn in ms (speech_stopped -> first assistant audio heard)
 
 import { AudioIO, AudioSetupError, RATE, base64ToBytes, bytesToBase64 } from "./audio.js";
@@ -100,12 +101,14 @@ const rt = {
   sent: [],
   playedMs: {},
   lastError: null,
+  notices: [],
   turns: [],
 };
 window.__rt = rt;
 
 let config = null;
 let settable = ALL_SETTABLE;
+let toolResultsVisible = true; // false: the server runs tools but keeps their results to itself
 let allowCustom = false;
 let configLoaded = false;
 let current = null; // the live Session, or null
@@ -328,6 +331,7 @@ function applyConfig(cfg) {
     }),
   );
   ui.tools.closest("section").hidden = !tools.length;
+  toolResultsVisible = (cfg.tool_results_visible ?? cfg.show_tool_results) !== false;
 
   ui.version.textContent = cfg.version ? `v${cfg.version}` : "";
   if (upstream.kind) {
@@ -593,6 +597,10 @@ function connectedDetail() {
 }
 
 function onError(s, error) {
+  if (error.type === "relay_notice") {
+    onRelayNotice(s, error);
+    return;
+  }
   if (error.type === "relay_error") {
     fail(s, {
       type: "relay_error",
@@ -608,6 +616,27 @@ function onError(s, error) {
   }
   const label = error.code || error.type || "error";
   transcript.notice(`${label}: ${error.message || "the service reported an error"}`);
+}
+
+/** A non-fatal notice of the middle tier: shown as information; the session goes on. */
+function onRelayNotice(s, notice) {
+  rt.notices.push({ code: notice.code, message: notice.message });
+  if (notice.code === "session_resumed") {
+    // The service ended the session and the middle tier goes on in a new one with the
+    // conversation restored. The old session's reply in progress will not go on: what was
+    // received plays out and ends (so nothing waits for it), and tool calls that were running
+    // will not get a result.
+    transcript.marker("<< Session Resumed >>");
+    for (const item of s.items.values()) {
+      if (!item.done && !item.interrupted) {
+        item.done = true;
+        s.audio.end(item.id);
+      }
+    }
+    s.activeResponse = null;
+    transcript.endRunningCalls("Interrupted: the session ended before the result.", "interrupted");
+  }
+  transcript.notice(notice.message || `The middle tier says: ${notice.code}.`, "info");
 }
 
 function onItem(s, item, done) {
@@ -650,6 +679,20 @@ function onItem(s, item, done) {
 
 function onResponseDone(s, response) {
   s.activeResponse = null;
+  const output = Array.isArray(response.output) ? response.output : [];
+  if (response.status_details?.reason === "session_ended") {
+    // Made up by the middle tier: the service ended the session during this response.
+    for (const item of output) {
+      if (item && item.id) transcript.tag(item.id, "cut short: the session ended", "interrupted");
+    }
+  } else if (!toolResultsVisible) {
+    // The server ran its tools but will not send their results: the call is done all the same.
+    for (const item of output) {
+      if (item && item.type === "function_call" && item.call_id) {
+        transcript.callDone(item.call_id, "Done (result hidden by the server).");
+      }
+    }
+  }
   if (response.status_details?.reason === "client_cancelled") s.cancelSent = false;
   const usage = response.usage;
   if (usage && Number.isFinite(usage.total_tokens)) {

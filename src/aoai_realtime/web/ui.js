@@ -206,6 +206,21 @@ export class Transcript {
     this.follow();
   }
 
+  /** A call that ends without a result to show (hidden by the server, or interrupted). */
+  callDone(callId, text, className) {
+    const call = this.calls.get(callId);
+    if (!call || !call.node.classList.contains("running")) return;
+    call.node.classList.remove("running");
+    if (className) call.node.classList.add(className);
+    call.result.replaceChildren(el("span", "tool-note", text));
+    this.follow();
+  }
+
+  /** Every call still running ends with ``text`` (its session is gone). */
+  endRunningCalls(text, className) {
+    for (const callId of this.calls.keys()) this.callDone(callId, text, className);
+  }
+
   callResult(callId, output) {
     const call = this.call(callId);
     call.node.classList.remove("running");
