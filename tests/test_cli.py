@@ -411,7 +411,7 @@ def test_chat_mic_vad_and_barge_in(
     mic = (
         silence(300)
         + tts_wav("Hello there.")
-        + silence(1500)
+        + silence(3000)
         + tts_wav("Tell me a story.")
         + silence(5000)
         + tts_wav("Hello again.")
@@ -428,20 +428,26 @@ def test_chat_mic_vad_and_barge_in(
     term = Terminal(["chat", "--mic", "--url", cli_engine.ga_url()], tmp_path, env)
     try:
         term.expect(r"\(microphone\)")
-        term.expect(r"you> Hello")
-        term.expect(r"assistant> Hello! How can I help you today\?")
-        term.expect(r"\[first audio \d+ ms, turn \d+ ms\]")
-        # The rest may interleave (a transcript can arrive while a reply streams): read it all.
-        rest = term.expect(r"you> Hello[^\n]*\n[\s\S]*assistant> Hello! How can I help", 90)
+        # The microphone plays in real time whatever the machine's speed, so on a busy machine a
+        # reply may still be in the making when the next turn starts: barge-in then cancels it
+        # ("[cancelled: turn_detected, ...]"). Read the whole conversation, up to the end of the
+        # last reply (nothing follows it but silence), and look at it as a whole.
+        shown = term.expect(
+            r"you> Hello[^\n]*\n[\s\S]*you> [^\n]*story[\s\S]*you> Hello[^\n]*\n"
+            r"(?:[^\n]*\n)*?assistant> Hello! How can I help you today\?\n"
+            r"(?:[^\n]*\n)*? *\[first audio \d+ ms, turn \d+ ms\]",
+            120,
+        )
         term.type("/quit")
         assert term.close() == 0
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
-    assert re.search(r"you> [^\n]*story", rest) and "Once upon a time" in rest
+    assert re.search(r"you> Hello[^\n]*\n(?:[^\n]*\n)*?assistant> Hello!", shown), shown
+    assert re.search(r"you> [^\n]*story[^\n]*\n(?:[^\n]*\n)*?assistant> Once upon a time", shown)
     # Talking over the story stopped it: the item was cut at what was played.
-    cut = re.search(r'\(interrupted: you heard (\d+) ms: "Once upon', rest)
-    assert cut is not None, rest
+    cut = re.search(r'\(interrupted: you heard (\d+) ms: "Once upon', shown)
+    assert cut is not None, shown
     assert 0 < int(cut.group(1)) < 15000  # the story is longer than that
     speakers = (tmp_path / "speakers.raw").read_bytes()
     assert rms_dbfs(speakers[: len(speakers) // 2 * 2]) > -60  # the replies were played

@@ -302,7 +302,13 @@ def _resolve_target(
             api_version=api_version if api_version is not None else settings.api_version,
         )
     if settings.endpoint is None or settings.deployment is None:
-        raise ConfigError(settings.problems()[0])
+        problem = settings.problems()[0]
+        if not settings.endpoint:
+            problem += (
+                "; or, to talk to the offline local engine, start `aoai-realtime engine` and pass"
+                " url='ws://127.0.0.1:8788/openai/v1/realtime?model=local'"
+            )
+        raise ConfigError(problem)
     chosen = dialect or settings.dialect
     ws = build_url(
         settings.endpoint,
