@@ -35,6 +35,8 @@ from pathlib import Path
 
 import aiohttp
 
+from _measure import percentile, rss_mib
+
 UTTERANCES = [
     "What is the capital of France?",
     "Tell me a fun fact about octopuses.",
@@ -77,29 +79,6 @@ class Turn:
     transcript: str = ""
     status: str = ""
     marks: dict[str, float] = field(default_factory=dict)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """Current and peak resident set size of a process, in MiB (Linux)."""
-    now = peak = float("nan")
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                now = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return now, peak
 
 
 def start_engine(brain: str, log_level: str) -> tuple[subprocess.Popen[str], str, Path | None]:
@@ -290,7 +269,7 @@ def main() -> int:
     proc, url, script = start_engine(args.brain, args.engine_log_level)
     try:
         turns = asyncio.run(run_turns(url, utterances))
-        rss = rss_mb(proc.pid)
+        rss = rss_mib(proc.pid)
     finally:
         proc.terminate()
         try:

@@ -30,6 +30,33 @@ from typing import Any
 from aoai_realtime.protocol import Conversation
 from aoai_realtime.protocol.events import UnknownEvent, parse_server_event
 
+USAGE = {
+    "total_tokens": 600,
+    "input_tokens": 200,
+    "output_tokens": 400,
+    "input_token_details": {"cached_tokens": 0, "text_tokens": 50, "audio_tokens": 150},
+    "output_token_details": {"text_tokens": 40, "audio_tokens": 360},
+}
+
+
+def response(
+    resp_id: str, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The ``response`` object of ``response.created`` / ``response.done``."""
+    return {
+        "id": resp_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": None,
+        "output": output,
+        "conversation_id": "conv_1",
+        "output_modalities": ["audio"],
+        "max_output_tokens": "inf",
+        "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"}},
+        "usage": usage,
+        "metadata": None,
+    }
+
 
 def make_stream(responses: int = 50, deltas: int = 30) -> list[str]:
     """A recorded-like GA event stream: ``responses`` voice turns, ``deltas`` x 100 ms audio each."""
@@ -149,21 +176,7 @@ def make_stream(responses: int = 50, deltas: int = 30) -> list[str]:
             {
                 "type": "response.created",
                 "event_id": eid(),
-                "response": {
-                    "id": resp,
-                    "object": "realtime.response",
-                    "status": "in_progress",
-                    "status_details": None,
-                    "output": [],
-                    "conversation_id": "conv_1",
-                    "output_modalities": ["audio"],
-                    "max_output_tokens": "inf",
-                    "audio": {
-                        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"}
-                    },
-                    "usage": None,
-                    "metadata": None,
-                },
+                "response": response(resp, "in_progress", [], None),
             },
         ]
         msg = {
@@ -252,31 +265,7 @@ def make_stream(responses: int = 50, deltas: int = 30) -> list[str]:
             {
                 "type": "response.done",
                 "event_id": eid(),
-                "response": {
-                    "id": resp,
-                    "object": "realtime.response",
-                    "status": "completed",
-                    "status_details": None,
-                    "output": [done_item],
-                    "conversation_id": "conv_1",
-                    "output_modalities": ["audio"],
-                    "max_output_tokens": "inf",
-                    "audio": {
-                        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"}
-                    },
-                    "usage": {
-                        "total_tokens": 600,
-                        "input_tokens": 200,
-                        "output_tokens": 400,
-                        "input_token_details": {
-                            "cached_tokens": 0,
-                            "text_tokens": 50,
-                            "audio_tokens": 150,
-                        },
-                        "output_token_details": {"text_tokens": 40, "audio_tokens": 360},
-                    },
-                    "metadata": None,
-                },
+                "response": response(resp, "completed", [done_item], USAGE),
             },
             {
                 "type": "rate_limits.updated",

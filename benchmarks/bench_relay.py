@@ -33,12 +33,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from _measure import percentile, rss_mib
 
 RATE = 24000
 HOST = "127.0.0.1"
@@ -54,6 +57,30 @@ def _frame_b64(frame_ms: int) -> str:
     pcm = b"".join((800 if (i // 27) % 2 else -800).to_bytes(2, "little", signed=True)
                    for i in range(samples))  # fmt: skip
     return base64.b64encode(pcm).decode()
+
+
+APPEND_HEAD = '{"type":"input_audio_buffer.append","event_id":"t'
+DELTA_HEAD = '{"type":"response.output_audio.delta","event_id":"t'
+"""Frames open with these, then the time they were sent (``time.monotonic_ns()``)."""
+
+
+def _age_us(text: str, head: str) -> int | None:
+    """Microseconds since a frame that opens with ``head`` was sent; None for other frames."""
+    if not text.startswith(head):
+        return None
+    sent = int(text[len(head) : text.index('"', len(head))])
+    return (time.monotonic_ns() - sent) // 1000
+
+
+async def _paced(period: float, go_on: Callable[[], bool]) -> AsyncIterator[None]:
+    """Every ``period`` seconds on a fixed schedule (a late tick does not delay the next ones),
+    while ``go_on()``."""
+    start = time.monotonic()
+    n = 0
+    while go_on():
+        n += 1
+        await asyncio.sleep(max(0.0, start + n * period - time.monotonic()))
+        yield
 
 
 class Upstream:
@@ -95,15 +122,14 @@ class Upstream:
             )
         )
         streamer = asyncio.create_task(self._stream(ws))
-        prefix = '{"type":"input_audio_buffer.append","event_id":"t'
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 text = msg.data
-                if text.startswith(prefix):
-                    sent = int(text[len(prefix) : text.index('"', len(prefix))])
-                    self.uplink_us.append((time.monotonic_ns() - sent) // 1000)
+                age = _age_us(text, APPEND_HEAD)
+                if age is not None:
+                    self.uplink_us.append(age)
                     continue
                 event = json.loads(text)
                 if event.get("type") == "session.update":
@@ -122,23 +148,22 @@ class Upstream:
         return ws
 
     async def _stream(self, ws: web.WebSocketResponse) -> None:
-        period = self.frame_ms / 1000
-        start = time.monotonic()
-        n = 0
-        head = '{"type":"response.output_audio.delta","event_id":"t'
         tail = f'","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"{self.audio}"}}'
         try:
-            while not ws.closed:
-                n += 1
-                await asyncio.sleep(max(0.0, start + n * period - time.monotonic()))
-                await ws.send_str(f"{head}{time.monotonic_ns()}{tail}")
+            async for _ in _paced(self.frame_ms / 1000, lambda: not ws.closed):
+                await ws.send_str(f"{DELTA_HEAD}{time.monotonic_ns()}{tail}")
         except (ConnectionError, RuntimeError):
             return
 
 
 async def run_upstream(frame_ms: int, port_file: Path) -> None:
     upstream = Upstream(frame_ms)
-    runner = web.AppRunner(upstream.app(), access_log=None)
+    await _serve(upstream.app(), port_file)
+
+
+async def _serve(app: web.Application, port_file: Path) -> None:
+    """Serve ``app`` on a free port, tell the benchmark which (``port_file``), serve on."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
@@ -166,12 +191,7 @@ async def run_relay(upstream_port: int, port_file: Path) -> None:
     settings = Settings(endpoint=f"http://{HOST}:{upstream_port}", deployment="bench")
     upstreams = Upstreams(settings=settings, local=None, listen_host=HOST)
     config = ServerConfig(host=HOST, port=0, policy=Policy.build(tools=demo_tools()))
-    runner = web.AppRunner(create_app(config, upstreams), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    _announce(site, port_file)
-    await asyncio.Event().wait()
+    await _serve(create_app(config, upstreams), port_file)
 
 
 # ------------------------------------------------------------------------------------ clients
@@ -197,7 +217,6 @@ async def client(
 ) -> None:
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     t0 = time.monotonic()
-    head = '{"type":"response.output_audio.delta","event_id":"t'
     try:
         async with session.ws_connect(url, max_msg_size=32 * 1024 * 1024) as ws:
             first = await ws.receive()
@@ -211,24 +230,16 @@ async def client(
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         continue
                     text = msg.data
-                    if text.startswith(head):
-                        sent = int(text[len(head) : text.index('"', len(head))])
-                        phase.downlink_us.append((time.monotonic_ns() - sent) // 1000)
+                    age = _age_us(text, DELTA_HEAD)
+                    if age is not None:
+                        phase.downlink_us.append(age)
                         phase.received += 1
                     elif '"type":"error"' in text:
                         phase.errors += 1
 
             task = asyncio.create_task(reader())
-            period = frame_ms / 1000
-            begin = time.monotonic()
-            n = 0
-            while time.monotonic() < stop_at:
-                n += 1
-                await asyncio.sleep(max(0.0, begin + n * period - time.monotonic()))
-                await ws.send_str(
-                    '{"type":"input_audio_buffer.append","event_id":"t'
-                    f'{time.monotonic_ns()}","audio":"{audio}"}}'
-                )
+            async for _ in _paced(frame_ms / 1000, lambda: time.monotonic() < stop_at):
+                await ws.send_str(f'{APPEND_HEAD}{time.monotonic_ns()}","audio":"{audio}"}}')
                 phase.sent += 1
             task.cancel()
     except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
@@ -265,13 +276,6 @@ def _loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class RssSampler:
     """The peak resident memory of a process, sampled every 250 ms until ``stop`` is set."""
 
@@ -282,22 +286,15 @@ class RssSampler:
 
     async def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, _rss_mib(self.pid))
+            self.peak = max(self.peak, rss_mib(self.pid)[0])
             await asyncio.sleep(0.25)
-
-
-def _pct(values: list[int] | list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def _summary(values: list[int]) -> dict[str, float]:
     return {
         "n": len(values),
-        "p50_ms": _pct(values, 0.50) / 1000,
-        "p99_ms": _pct(values, 0.99) / 1000,
+        "p50_ms": percentile(values, 0.50) / 1000,
+        "p99_ms": percentile(values, 0.99) / 1000,
         "mean_ms": statistics.fmean(values) / 1000 if values else float("nan"),
     }
 
@@ -348,7 +345,7 @@ async def bench(
             direct = await run_phase(direct_url, n, seconds, frame_ms)
             direct_up = await _fetch_uplink(up_port)
             await asyncio.sleep(0.5)
-            rss_idle = _rss_mib(relay.pid)
+            rss_idle = rss_mib(relay.pid)[0]
             cpu0, wall0 = _cpu_seconds(relay.pid), time.monotonic()
             others0 = _cpu_seconds(up.pid) + _cpu_seconds(os.getpid())
             sampler = RssSampler(relay.pid)
@@ -369,13 +366,13 @@ async def bench(
                 "direct": {
                     "downlink": _summary(direct.downlink_us),
                     "uplink": _summary(direct_up),
-                    "connect_p50_ms": _pct(direct.connect_ms, 0.5),
+                    "connect_p50_ms": percentile(direct.connect_ms, 0.5),
                     "errors": direct.errors,
                 },
                 "relayed": {
                     "downlink": _summary(relayed.downlink_us),
                     "uplink": _summary(relayed_up),
-                    "connect_p50_ms": _pct(relayed.connect_ms, 0.5),
+                    "connect_p50_ms": percentile(relayed.connect_ms, 0.5),
                     "errors": relayed.errors,
                 },
                 "relay_cpu_s": cpu,

@@ -20,14 +20,14 @@ import argparse
 import functools
 import os
 import platform
-import resource
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from statistics import median
 from typing import TypeVar
 
+from _measure import rss_mib
 from aoai_realtime.engine.speech import (
     LocalLanguageModel,
     SentenceChunker,
@@ -52,25 +52,10 @@ QUESTIONS = [  # alternated, so llama.cpp's prompt cache never holds the whole p
 ]
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB (peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except OSError:
-        scale = 1 if sys.platform == "darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
-
-
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
-
-
-def p50(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def first_and_total(it: Iterator[T]) -> tuple[list[T], float, float]:
@@ -109,8 +94,8 @@ def main() -> int:
         rows.append((what, value, ratio))
 
     # ---------------------------------------------------------------- load time and memory
-    base = rss_mb()
-    row("interpreter + numpy (base)", f"{base:.0f} MB RSS")
+    base = rss_mib()[0]
+    row("interpreter + numpy (base)", f"{base:.0f} MiB RSS")
     loads: list[tuple[str, Callable[[], object]]] = [
         ("vad  silero (onnx in wheel)", SpeechDetector),
         ("stt  whisper tiny.en int8", Transcriber),
@@ -122,12 +107,12 @@ def main() -> int:
     before = base
     for name, make in loads:
         stage, seconds = timed(make)
-        after = rss_mb()
+        after = rss_mib()[0]
         stages[name[:3]] = stage
         total_load += seconds
-        row(f"load {name}", f"{seconds * 1000:.0f} ms", f"+{after - before:.0f} MB RSS")
+        row(f"load {name}", f"{seconds * 1000:.0f} ms", f"+{after - before:.0f} MiB RSS")
         before = after
-    row("load all four", f"{total_load * 1000:.0f} ms", f"{before - base:.0f} MB over base")
+    row("load all four", f"{total_load * 1000:.0f} ms", f"{before - base:.0f} MiB over base")
     stt = stages["stt"]
     tts = stages["tts"]
     llm = stages["llm"]
@@ -143,8 +128,8 @@ def main() -> int:
         speech = b"".join(chunks)
         ttfc.append(first)
         rtf.append(total / (len(speech) / 48000))
-    row("tts time to first chunk (2 sentences)", f"{p50(ttfc) * 1000:.0f} ms")
-    row("tts whole reply", f"{len(speech) / 48000:.2f} s audio", f"RTF {p50(rtf):.3f}")
+    row("tts time to first chunk (2 sentences)", f"{median(ttfc) * 1000:.0f} ms")
+    row("tts whole reply", f"{len(speech) / 48000:.2f} s audio", f"RTF {median(rtf):.3f}")
 
     # ---------------------------------------------------------------- VAD
     spoken = [b"".join(tts.synthesize(text)) for text in UTTERANCES]
@@ -158,8 +143,8 @@ def main() -> int:
         vad_times.append(seconds)
     row(
         "vad turn detection, 20 ms chunks",
-        f"{p50(vad_times) * 1000:.0f} ms / {len(stream) / 48000:.1f} s",
-        f"RTF {p50(vad_times) / (len(stream) / 48000):.4f}",
+        f"{median(vad_times) * 1000:.0f} ms / {len(stream) / 48000:.1f} s",
+        f"RTF {median(vad_times) / (len(stream) / 48000):.4f}",
     )
 
     # ---------------------------------------------------------------- STT
@@ -170,8 +155,8 @@ def main() -> int:
         stt_times.append(seconds)
     row(
         f"stt {audio_s:.1f} s utterance",
-        f"{p50(stt_times) * 1000:.0f} ms",
-        f"RTF {p50(stt_times) / audio_s:.3f}",
+        f"{median(stt_times) * 1000:.0f} ms",
+        f"RTF {median(stt_times) / audio_s:.3f}",
     )
     print(f"stt heard: {heard!r}")
 
@@ -193,11 +178,11 @@ def main() -> int:
     reply = max(texts, key=len)
     reply_s = sum(len(c) for c in tts.synthesize(reply)) / 48000
     spoken_rate = llm.count_tokens(reply) / reply_s if reply_s else float("nan")
-    row("llm time to first token", f"{p50(firsts) * 1000:.0f} ms")
+    row("llm time to first token", f"{median(firsts) * 1000:.0f} ms")
     row(
         "llm decode",
-        f"{p50(rates):.0f} tokens/s",
-        f"{p50(rates) / spoken_rate:.0f}x speaking rate",
+        f"{median(rates):.0f} tokens/s",
+        f"{median(rates) / spoken_rate:.0f}x speaking rate",
     )
 
     # LLM while TTS runs on another thread (as when sentence 1 is spoken while 2 is written).
@@ -218,8 +203,8 @@ def main() -> int:
         worker.join()
     row(
         "llm decode while tts runs",
-        f"{p50(contended):.0f} tokens/s",
-        f"{p50(contended) / p50(rates):.2f}x alone",
+        f"{median(contended):.0f} tokens/s",
+        f"{median(contended) / median(rates):.2f}x alone",
     )
 
     # ---------------------------------------------------------------- a whole turn
@@ -247,13 +232,13 @@ def main() -> int:
         parts["turn"].append(end - start)
     row(
         "turn: end of speech -> first reply audio",
-        f"{p50(parts['turn']) * 1000:.0f} ms",
-        f"stt {p50(parts['stt']) * 1000:.0f} + llm 1st sentence {p50(parts['llm']) * 1000:.0f}"
-        f" + tts {p50(parts['tts']) * 1000:.0f} ms",
+        f"{median(parts['turn']) * 1000:.0f} ms",
+        f"stt {median(parts['stt']) * 1000:.0f} + llm 1st sentence {median(parts['llm']) * 1000:.0f}"
+        f" + tts {median(parts['tts']) * 1000:.0f} ms",
     )
 
     # ---------------------------------------------------------------- report
-    print(f"p50 of {n} calls each, RSS after load {rss_mb():.0f} MB\n")
+    print(f"p50 of {n} calls each, RSS after load {rss_mib()[0]:.0f} MiB\n")
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"{'stage':<{w0}}  {'measured':>{w1}}  vs baseline")

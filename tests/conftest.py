@@ -14,18 +14,23 @@ Fixtures:
 ``tts_wav``          ``tts_wav(text, voice="alloy") -> bytes``: the text spoken by the engine's
                      own voice, as raw PCM16 mono 24 kHz (no WAV header), cached per text
 ``silence``          ``silence(ms) -> bytes``: that much PCM16 24 kHz silence
+``chromium_path``    Debian's Chromium for Playwright; skips if it or Playwright is missing
 
 The engine objects (:class:`~aoai_realtime.engine.server.EngineThread`) offer ``.url``
 (``ws://127.0.0.1:PORT``), ``.http_url``, ``.port``, ``.ga_url(model)`` and
-``.preview_url(deployment, api_version)``.
+``.preview_url(deployment, api_version)``. Helpers that tests call themselves (engines and middle
+tiers of their own, Chromium pages) are in ``helpers.py``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from helpers import CHROMIUM, engine_thread
 
 ENGINE_SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -76,26 +81,16 @@ def speech_stack() -> Any:
     return SpeechStack.load()
 
 
-def _engine(speech_stack: Any, **options: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(EngineConfig(port=0, speech=speech_stack, **options))
-    try:
-        yield thread
-    finally:
-        thread.close()
-
-
 @pytest.fixture(scope="session")
 def engine(speech_stack: Any) -> Iterator[Any]:
     """A local engine answering with SmolLM2 (real replies, not deterministic)."""
-    yield from _engine(speech_stack, brain="local")
+    yield from engine_thread(speech_stack, brain="local")
 
 
 @pytest.fixture(scope="session")
 def scripted_engine(speech_stack: Any) -> Iterator[Any]:
     """A local engine answering by ``ENGINE_SCRIPT`` (deterministic; includes a function call)."""
-    yield from _engine(speech_stack, brain="scripted", script=ENGINE_SCRIPT)
+    yield from engine_thread(speech_stack, brain="scripted", script=ENGINE_SCRIPT)
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +118,13 @@ def silence() -> Callable[[int], bytes]:
         return b"\x00\x00" * (24 * ms)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium (``/usr/bin/chromium``; ``.ci/run`` installs it): browser tests skip
+    without it or without Playwright (``playwright install`` is never needed)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    pytest.importorskip("playwright.sync_api")
+    return CHROMIUM

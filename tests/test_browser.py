@@ -5,27 +5,25 @@ Playwright's sync API drives Debian's Chromium (``/usr/bin/chromium``; ``.ci/run
 a WAV made by the engine's own TTS: speech, then silence. The middle tier runs in a thread of its
 own (``ServerThread``) in front of a scripted engine, so the conversation is deterministic.
 
-The page's Content-Security-Policy forbids ``eval``, so waits poll ``window.__rt`` from Python
-(``page.evaluate`` is not subject to the page's CSP) instead of ``wait_for_function``.
+Chromium, the middle tier and the engine are set up by ``helpers.py`` (shared with the other
+browser tests); the page's state is read from ``window.__rt`` and the DOM.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aoai_realtime.server import LocalEngine, Policy, ServerConfig, ServerThread, Upstreams
-from aoai_realtime.server.tools import demo_tools
+from aoai_realtime.server import ServerThread
+from helpers import Browser, engine_thread, make_server, shown, write_wav
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -61,115 +59,24 @@ SCRIPT: dict[str, Any] = {
         {"user": "weather", "reply": "It is sunny and warm today."},
     ],
 }
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 # ------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="module")
-def chromium_path() -> str:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    pytest.importorskip("playwright.sync_api")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
 def browser_engine(speech_stack: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT)
-    )
-    try:
-        yield thread
-    finally:
-        thread.close()
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 @pytest.fixture(scope="module")
 def web(browser_engine: Any) -> Iterator[ServerThread]:
     """``serve`` with the local engine: the page, the relay and the demo tools."""
-    upstreams = Upstreams(
-        settings=None, local=LocalEngine.external(browser_engine.http_url), listen_host="127.0.0.1"
-    )
-    config = ServerConfig(host="127.0.0.1", port=0, policy=Policy.build(tools=demo_tools()))
-    server = ServerThread(config, upstreams)
+    server = make_server(browser_engine)
     try:
         yield server
     finally:
         server.close()
-
-
-def write_wav(path: Path, pcm: bytes, rate: int = 24000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return path
-
-
-class Browser:
-    """One Chromium with a fake microphone file, one page, and every console problem seen."""
-
-    def __init__(self, executable: str, wav: Path) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(
-            executable_path=executable,
-            args=[*ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
-        )
-        self.context = self.browser.new_context(viewport={"width": 1280, "height": 1000})
-        self.page = self.context.new_page()
-        self.problems: list[str] = []
-        self.page.on(
-            "console",
-            lambda m: (
-                self.problems.append(f"console.error: {m.text}") if m.type == "error" else None
-            ),
-        )
-        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
-
-    def rt(self, expr: str) -> Any:
-        return self.page.evaluate(f"() => {{ const rt = window.__rt; return {expr}; }}")
-
-    def wait(self, expr: str, timeout: float = 30.0, what: str = "") -> Any:
-        """Poll a JavaScript expression over ``rt`` (window.__rt) until it is truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.rt(expr)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                state = self.rt(
-                    "({state: rt.state, lastError: rt.lastError, "
-                    "events: rt.events.slice(-12).map(e => e.type)})"
-                )
-                raise AssertionError(f"timed out waiting for {what or expr}: {state}")
-            self.page.wait_for_timeout(100)
-
-    def text(self, selector: str) -> list[str]:
-        return self.page.locator(selector).all_inner_texts()
-
-    def close(self) -> None:
-        self.context.close()
-        self.browser.close()
-        self._pw.stop()
 
 
 @pytest.fixture
@@ -194,7 +101,7 @@ def engine_sessions(engine: Any) -> int:
         return int(json.load(resp)["sessions"])
 
 
-def wait_engine_sessions(engine: Any, count: int, timeout: float = 5.0) -> None:
+def wait_engine_sessions(engine: Any, count: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while engine_sessions(engine) != count:
         assert time.monotonic() < deadline, f"the engine still has {engine_sessions(engine)}"
@@ -238,15 +145,13 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
 
     # the user's words appear as a transcript
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.user .text')]"
-        ".some(n => /story/i.test(n.textContent))",
+        shown("user", "/story/i.test(n.textContent)"),
         30,
         "the user's transcript",
     )
     # the assistant's reply appears and its audio is played
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
-        ".some(n => n.textContent.startsWith('Once upon a time'))",
+        shown("assistant", "n.textContent.startsWith('Once upon a time')"),
         30,
         "the assistant's reply",
     )
@@ -272,18 +177,15 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
     assert b.rt(f"rt.playedMs[{truncate['item_id']!r}]") == truncate["audio_end_ms"]
     # ... and the second utterance is answered
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
-        ".some(n => n.textContent.includes('How can I help you today'))",
+        shown("assistant", "n.textContent.includes('How can I help you today')"),
         30,
         "the answer to the second utterance",
     )
 
     # a typed message is answered
-    page.fill("#message", "How is the weather?")
-    page.press("#message", "Enter")
+    b.type_message("How is the weather?")
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
-        ".some(n => n.textContent.includes('sunny and warm'))",
+        shown("assistant", "n.textContent.includes('sunny and warm')"),
         30,
         "the answer to the typed message",
     )
@@ -301,8 +203,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
     assert '"from_unit": "miles"' in tool.locator(".tool-args").inner_text()
     assert "10 mi = 16.0934 km" in tool.locator(".tool-output").inner_text()
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
-        ".some(n => n.textContent === 'Ten miles are about sixteen point one kilometres.')",
+        shown("assistant", "n.textContent === 'Ten miles are about sixteen point one kilometres.'"),
         30,
         "the whole answer after the tool",
     )
@@ -324,7 +225,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
 
     # Stop closes the upstream
     page.click("#stop")
-    b.wait("rt.state === 'idle'", 5, "idle after Stop")
+    b.wait("rt.state === 'idle'", 30, "idle after Stop")
     wait_engine_sessions(browser_engine, base)
     assert page.locator("#transcript .marker", has_text="<< Session Ended >>").count() == 1
     assert b.problems == [], b.problems
@@ -348,7 +249,7 @@ def test_upstream_failure_shows_one_message_and_start_works_again(
     try:
         page.click("#start")
         b.wait("rt.lastError", 20, "the error")
-        b.wait("rt.state === 'idle'", 5, "idle after the error")
+        b.wait("rt.state === 'idle'", 30, "idle after the error")
     finally:
         web.upstreams.local_query = {}
     error = b.rt("rt.lastError")
@@ -371,20 +272,18 @@ def test_upstream_failure_shows_one_message_and_start_works_again(
         web.upstreams.local_query = {}
     assert b.rt("rt.lastError.code") == "upstream_closed"
     assert "1011" in banner.inner_text()
-    b.wait("rt.state === 'idle'", 5, "idle after the second error")
+    b.wait("rt.state === 'idle'", 30, "idle after the second error")
 
     # Start works again, and the session is healthy
     page.click("#start")
     b.wait("rt.state === 'connected'", 20, "the restarted session")
     assert not banner.is_visible()
-    page.fill("#message", "Hello")
-    page.press("#message", "Enter")
+    b.type_message("Hello")
     b.wait(
-        "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
-        ".some(n => n.textContent.includes('How can I help you today'))",
+        shown("assistant", "n.textContent.includes('How can I help you today')"),
         30,
         "an answer after the restart",
     )
     page.click("#stop")
-    b.wait("rt.state === 'idle'", 5)
+    b.wait("rt.state === 'idle'", 30)
     assert b.problems == [], b.problems

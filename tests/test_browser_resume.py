@@ -7,9 +7,6 @@ the page's state is read from ``window.__rt`` and the DOM.
 
 from __future__ import annotations
 
-import os
-import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +22,10 @@ from aoai_realtime.server import (
     Upstreams,
 )
 from aoai_realtime.server.tools import demo_tools
+from helpers import Browser, engine_thread, write_wav
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
     "rules": [
@@ -44,19 +41,6 @@ SCRIPT: dict[str, Any] = {
         {"after_function": "convert_units", "reply": "Ten miles are about sixteen kilometres."},
     ],
 }
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 ASSISTANT_SAYS = (
     "[...document.querySelectorAll('#transcript .msg.assistant .text')]"
     ".some(n => n.textContent.includes({text!r}))"
@@ -64,24 +48,8 @@ ASSISTANT_SAYS = (
 
 
 @pytest.fixture(scope="module")
-def chromium_path() -> str:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    pytest.importorskip("playwright.sync_api")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
 def page_engine(speech_stack: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT)
-    )
-    try:
-        yield thread
-    finally:
-        thread.close()
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 def serve(engine: Any, **policy: Any) -> ServerThread:
@@ -97,63 +65,9 @@ def serve(engine: Any, **policy: Any) -> ServerThread:
     return ServerThread(config, upstreams)
 
 
-class Browser:
-    """One Chromium with a silent fake microphone, one page, every console problem seen."""
-
-    def __init__(self, executable: str, wav: Path) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(
-            executable_path=executable,
-            args=[*ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
-        )
-        self.context = self.browser.new_context(viewport={"width": 1280, "height": 1000})
-        self.page = self.context.new_page()
-        self.problems: list[str] = []
-        self.page.on(
-            "console",
-            lambda m: (
-                self.problems.append(f"console.error: {m.text}") if m.type == "error" else None
-            ),
-        )
-        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
-
-    def rt(self, expr: str) -> Any:
-        return self.page.evaluate(f"() => {{ const rt = window.__rt; return {expr}; }}")
-
-    def wait(self, expr: str, timeout: float = 30.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.rt(expr)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                state = self.rt(
-                    "({state: rt.state, lastError: rt.lastError, notices: rt.notices, "
-                    "events: rt.events.slice(-12).map(e => e.type)})"
-                )
-                raise AssertionError(f"timed out waiting for {what or expr}: {state}")
-            self.page.wait_for_timeout(100)
-
-    def type_message(self, text: str) -> None:
-        self.page.fill("#message", text)
-        self.page.press("#message", "Enter")
-
-    def close(self) -> None:
-        self.context.close()
-        self.browser.close()
-        self._pw.stop()
-
-
 @pytest.fixture
 def browser(chromium_path: str, tmp_path: Path) -> Iterator[Browser]:
-    wav = tmp_path / "quiet.wav"
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(24000)
-        w.writeframes(b"\x00\x00" * 24000 * 40)
+    wav = write_wav(tmp_path / "quiet.wav", b"\x00\x00" * 24000 * 40)
     b = Browser(chromium_path, wav)
     yield b
     b.close()

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from aoai_realtime.audio import read_wav, resample, rms_dbfs, to_pcm16_24k, write_wav
+from helpers import engine_thread
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -53,28 +54,16 @@ WRONG_KEY = "not-the-right-key-9876543210"
 # ------------------------------------------------------------------------------ fixtures
 
 
-def _start(speech_stack: Any, **options: Any) -> Any:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    return EngineThread(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT, **options)
-    )
-
-
 @pytest.fixture(scope="module")
 def cli_engine(speech_stack: Any) -> Iterator[Any]:
     """A scripted engine, no key."""
-    engine = _start(speech_stack)
-    yield engine
-    engine.close()
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 @pytest.fixture(scope="module")
 def keyed_engine(speech_stack: Any) -> Iterator[Any]:
     """A scripted engine that wants ``API_KEY`` (a wrong key gets a real 401)."""
-    engine = _start(speech_stack, api_key=API_KEY)
-    yield engine
-    engine.close()
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT, api_key=API_KEY)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -322,6 +322,59 @@ async def test_barge_in_cancels_the_response_with_turn_detected(
         assert second["response"]["status"] == "completed"
 
 
+async def test_idle_timeout_prompts_the_user_after_the_reply_has_been_played(
+    scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
+) -> None:
+    idle_ms = 1500
+    async with connect(scripted_engine) as rt:
+        updated = await rt.update(
+            audio={
+                "input": {
+                    "turn_detection": {"type": "server_vad", "idle_timeout_ms": idle_ms},
+                    "transcription": {"model": "whisper-1"},
+                    "noise_reduction": {"type": "near_field"},  # accepted, shown, not applied
+                }
+            }
+        )
+        audio_in = updated["session"]["audio"]["input"]
+        assert audio_in["turn_detection"]["idle_timeout_ms"] == idle_ms
+        assert audio_in["noise_reduction"] == {"type": "near_field"}
+        first = silence(300) + tts_wav("Hello there.") + silence(700)
+        await rt.append(first)
+        stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
+        events = await rt.until("response.done")
+        reply_ms = len(audio_of(events)) / 48
+        assert reply_ms > 500
+        assert not any(e["type"] == "input_audio_buffer.timeout_triggered" for e in rt.events)
+
+        # The user stays quiet. The clock starts once the reply has been played (its audio
+        # began while the input stood between speech_stopped and the end of what was sent) and
+        # counts input audio, not wall-clock time.
+        await rt.append(silence(int(reply_ms) + idle_ms + 600))
+        timeout = await rt.wait_for("input_audio_buffer.timeout_triggered")
+        start, end = timeout["audio_start_ms"], timeout["audio_end_ms"]
+        detected_at = stopped["audio_end_ms"] + 500  # speech_stopped comes after the silence
+        assert detected_at + reply_ms - 1 <= start <= len(first) / 48 + reply_ms + 1
+        assert idle_ms <= end - start < idle_ms + 100  # checked at every 40 ms chunk
+        # The silent audio becomes a user turn, and the model is asked to go on.
+        committed = await rt.wait_for("input_audio_buffer.committed")
+        assert committed["item_id"] == timeout["item_id"]
+        added = await rt.wait_for("conversation.item.added")
+        assert added["item"]["id"] == timeout["item_id"]
+        assert added["item"]["content"][0]["type"] == "input_audio"
+        transcribed = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+        assert transcribed["item_id"] == timeout["item_id"] and transcribed["transcript"] == ""
+        events = await rt.until("response.done")
+        assert events[-1]["response"]["status"] == "completed"
+        assert audio_of(events)
+
+        # Speaking before the next timeout: an ordinary turn, no second timeout.
+        await rt.append(tts_wav("Hello again.") + silence(700))
+        await rt.wait_for("input_audio_buffer.speech_started")
+        await rt.wait_for("response.done")
+        assert sum(e["type"] == "input_audio_buffer.timeout_triggered" for e in rt.events) == 1
+
+
 async def test_manual_commit_without_turn_detection(
     scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
 ) -> None:
@@ -628,6 +681,98 @@ async def test_out_of_band_response_stays_out_of_the_conversation(scripted_engin
         assert response["metadata"] == {"purpose": "classify"}
         assert text_of(events, "response.output_text.delta") == "Hello! How can I help you today?"
         assert not any(e["type"].startswith("conversation.item") for e in events)
+
+
+@DIALECTS
+async def test_response_input_can_reference_existing_items(
+    scripted_engine: Any, dialect: str, tts_wav: Callable[..., bytes]
+) -> None:
+    async with connect(scripted_engine, dialect) as rt:
+        await rt.update(**({"output_modalities": ["text"]} if dialect == "ga" else {}))
+        await rt.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "id": "item_spoken_weather",
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "input_audio",
+                            "audio": b64encode_audio(tts_wav("How is the weather?")),
+                        }
+                    ],
+                },
+            }
+        )
+        await rt.say_text("hello")
+        await rt.wait_for(
+            "conversation.item.added", lambda e: e["item"]["content"][0]["type"] == "input_text"
+        )
+        # A context of its own, made of the first (spoken) item only: the script answers it,
+        # not the conversation's last turn ("hello"), once its transcription is done.
+        await rt.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "output_modalities": ["text"],
+                    "input": [{"type": "item_reference", "id": "item_spoken_weather"}],
+                },
+            }
+        )
+        events = await rt.until("response.done")
+        assert text_of(events, "response.output_text.delta") == "It is sunny and warm today."
+        assert not any(e["type"].startswith(rt.t("conversation.item.added")) for e in events)
+        # A reference beside a new item; the conversation itself is unchanged.
+        await rt.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "output_modalities": ["text"],
+                    "input": [
+                        {"type": "item_reference", "id": "item_spoken_weather"},
+                        {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "hello"}],
+                        },
+                    ],
+                },
+            }
+        )
+        events = await rt.until("response.done")
+        assert text_of(events, "response.output_text.delta") == "Hello! How can I help you today?"
+        # An unknown id, or none: refused, naming the parameter; the session goes on.
+        await rt.send(
+            {
+                "type": "response.create",
+                "event_id": "evt_ref",
+                "response": {"input": [{"type": "item_reference", "id": "item_nope"}]},
+            }
+        )
+        error = await rt.error()
+        assert error["param"] == "response.input[0].id" and error["event_id"] == "evt_ref"
+        assert "item_nope" in error["message"]
+        await rt.send(
+            {"type": "response.create", "response": {"input": [{"type": "item_reference"}]}}
+        )
+        error = await rt.error()
+        assert error["code"] == "missing_required_parameter"
+        assert error["param"] == "response.input[0].id"
+        # A reference is not a conversation item of its own.
+        await rt.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "item_reference", "id": "item_spoken_weather"},
+            }
+        )
+        error = await rt.error()
+        assert error["param"].startswith("item")
+        await rt.send({"type": "conversation.item.retrieve", "item_id": "item_spoken_weather"})
+        retrieved = await rt.wait_for("conversation.item.retrieved")
+        assert retrieved["item"]["id"] == "item_spoken_weather"
 
 
 async def test_one_response_at_a_time_and_cancel(scripted_engine: Any) -> None:

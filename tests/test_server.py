@@ -22,11 +22,9 @@ import pytest
 from aoai_realtime.auth import BearerKeyCredential
 from aoai_realtime.config import Settings
 from aoai_realtime.server import (
-    LocalEngine,
     Policy,
     Relay,
     RelayError,
-    ServerConfig,
     ServerThread,
     Upstreams,
 )
@@ -34,6 +32,7 @@ from aoai_realtime.server.app import STATIC_DIR
 from aoai_realtime.server.cli import main as serve_main
 from aoai_realtime.server.relay import ChannelClosed
 from aoai_realtime.server.tools import convert_units, current_time, demo_tools
+from helpers import engine_thread, make_server
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -61,47 +60,16 @@ SECRET_BEARER = "eyJhbGciOiJub25lIn0.BEARER-TOKEN-secret-42"
 # ------------------------------------------------------------------------------------ fixtures
 
 
-def _engine_thread(speech_stack: Any, **options: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(EngineConfig(port=0, speech=speech_stack, **options))
-    try:
-        yield thread
-    finally:
-        thread.close()
-
-
 @pytest.fixture(scope="module")
 def tool_engine(speech_stack: Any) -> Iterator[Any]:
     """An engine answering by :data:`SCRIPT` (calls the demo server tools)."""
-    yield from _engine_thread(speech_stack, brain="scripted", script=SCRIPT)
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 @pytest.fixture(scope="module")
 def keyed_engine(speech_stack: Any) -> Iterator[Any]:
     """An engine that wants an API key (the api-key header or a Bearer token)."""
-    yield from _engine_thread(speech_stack, brain="scripted", script=SCRIPT, api_key=SECRET_KEY)
-
-
-def make_server(
-    engine: Any = None,
-    *,
-    settings: Settings | None = None,
-    policy: Policy | None = None,
-    host: str = "127.0.0.1",
-    observer_factory: Callable[[str, Any], Any] | None = None,
-) -> ServerThread:
-    """A middle tier on 127.0.0.1 (a free port); ``host`` is the address its policy believes it
-    listens on."""
-    local = LocalEngine.external(engine.http_url) if engine is not None else None
-    upstreams = Upstreams(settings=settings, local=local, listen_host=host)
-    config = ServerConfig(
-        host=host,
-        port=0,
-        policy=policy if policy is not None else Policy.build(tools=demo_tools()),
-        observer_factory=observer_factory,
-    )
-    return ServerThread(config, upstreams, bind="127.0.0.1")
+    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT, api_key=SECRET_KEY)
 
 
 @pytest.fixture(scope="module")

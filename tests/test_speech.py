@@ -194,6 +194,26 @@ def test_reset_moves_the_timeline(stack: SpeechStack, question: Utterance) -> No
     assert detector.total_ms == 10_000 + len(question.pcm) // BYTES_PER_MS
 
 
+def test_the_pause_in_progress_is_where_the_turn_will_end(
+    stack: SpeechStack, question: Utterance
+) -> None:
+    detector = stack.new_turn_detector(silence_duration_ms=500)
+    detector.reset(offset_ms=5_000)
+    pauses: list[int | None] = []
+    events: list[TurnEvent] = []
+    step = 20 * BYTES_PER_MS
+    for i in range(0, len(question.pcm), step):
+        events += detector.feed(question.pcm[i : i + step])
+        if events and events[-1].kind == "speech_stopped":
+            break
+        pauses.append(detector.silence_started_ms)
+    assert [e.kind for e in events] == ["speech_started", "speech_stopped"]
+    assert pauses[0] is None  # not speaking yet
+    # Just before speech_stopped the pause was under way, and it began where the turn ends.
+    assert pauses[-1] == events[-1].audio_ms
+    assert detector.silence_started_ms is None  # the turn is over
+
+
 def test_prefix_padding_is_clamped_at_the_start_of_the_stream(
     stack: SpeechStack, question: Utterance
 ) -> None:

@@ -40,6 +40,9 @@ settings (environment, then .env, then .dev.vars in the current directory):
   AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET   a service principal
 Run `aoai-realtime doctor` to check them."""
 
+TRANSCRIPTION_MODEL = "whisper-1"
+"""Input transcription model asked for (Azure and OpenAI know it; the local engine takes any)."""
+
 LOCAL_MODEL = "local"
 """The deployment name used with the local engine (it accepts any)."""
 
@@ -151,6 +154,22 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         "ws://127.0.0.1:8787/realtime (`aoai-realtime serve`); a bare http://HOST:PORT "
         "gets the GA path added",
     )
+
+
+def add_voice_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--voice`` and ``--instructions``: who the assistant sounds like and what it is told."""
+    parser.add_argument("--voice", help="the assistant's voice, e.g. alloy, sage, verse")
+    parser.add_argument("--instructions", help="the system instructions for the session")
+
+
+def voice_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The session fields that :func:`add_voice_arguments`' options ask for (those given)."""
+    fields: dict[str, Any] = {}
+    if args.voice:
+        fields["voice"] = args.voice
+    if args.instructions:
+        fields["instructions"] = args.instructions
+    return fields
 
 
 def add_record_argument(parser: argparse.ArgumentParser) -> None:

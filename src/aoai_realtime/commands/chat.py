@@ -51,7 +51,6 @@ milliseconds you heard. Each turn shows its latency: end of your turn to the fir
     + common.ENV_HELP
 )
 
-TRANSCRIPTION_MODEL = "whisper-1"
 CHAT_COMMANDS = "/help  /voice NAME  /instructions TEXT  /clear  /quit"
 
 
@@ -359,32 +358,23 @@ class Audio:
         def on_output(out: Any, frames: int, t: Any, status: Any) -> None:
             out[:] = self.player.take(len(out))
 
-        try:
-            self._in = sd.RawInputStream(
-                samplerate=24000,
-                channels=1,
-                dtype="int16",
-                blocksize=24000 * self.BLOCK_MS // 1000,
-                callback=on_input,
-            )
-        except Exception:
-            rate = int(sd.query_devices(kind="input")["default_samplerate"])
-            self.in_rate = rate
-            self._in = sd.RawInputStream(
+        def stream(kind: Any, rate: int, callback: Any) -> Any:
+            """A mono PCM16 stream at ``rate`` in blocks of ``BLOCK_MS``."""
+            return kind(
                 samplerate=rate,
                 channels=1,
                 dtype="int16",
                 blocksize=rate * self.BLOCK_MS // 1000,
-                callback=on_input,
+                callback=callback,
             )
+
         try:
-            self._out = sd.RawOutputStream(
-                samplerate=24000,
-                channels=1,
-                dtype="int16",
-                blocksize=24000 * self.BLOCK_MS // 1000,
-                callback=on_output,
-            )
+            self._in = stream(sd.RawInputStream, 24000, on_input)
+        except Exception:  # the microphone's own rate, resampled by the client
+            self.in_rate = int(sd.query_devices(kind="input")["default_samplerate"])
+            self._in = stream(sd.RawInputStream, self.in_rate, on_input)
+        try:
+            self._out = stream(sd.RawOutputStream, 24000, on_output)
         except Exception as exc:
             raise MicUnavailable(f"--mic: the speakers do not play 24 kHz audio ({exc})") from exc
         self._in.start()
@@ -447,17 +437,21 @@ class Chat:
 
     def on_speech_started(self) -> None:
         if self.audio is not None and self.audio.player.playing:
-            self.tasks.append(asyncio.ensure_future(self.barge_in()))
+            # Server VAD (interrupt_response) has cancelled the active response already: a
+            # cancel from here could arrive after the next turn's response has started, and
+            # cancel that one instead.
+            self.tasks.append(asyncio.ensure_future(self.barge_in(cancel=False)))
 
-    async def barge_in(self) -> None:
-        """Stop playback now; cut the assistant's item at what was played."""
+    async def barge_in(self, *, cancel: bool = True) -> None:
+        """Stop playback now; cut the assistant's item at what was played (and, unless the
+        service does it, cancel the response still in progress)."""
         from ..client import RealtimeError
 
         if self.audio is None:
             return
         item_id, played_ms = self.audio.player.stop()
         try:
-            if self.client.conversation.active_response_id:
+            if cancel and self.client.conversation.active_response_id:
                 await self.client.cancel_response()
             if item_id:
                 item = self.client.conversation.item(item_id)
@@ -590,7 +584,7 @@ def _session(args: argparse.Namespace) -> SessionConfig:
     fields: dict[str, Any] = {}
     if args.mic:
         fields["output_modalities"] = ["audio"]
-        fields["transcription"] = Transcription(model=TRANSCRIPTION_MODEL)
+        fields["transcription"] = Transcription(model=common.TRANSCRIPTION_MODEL)
         fields["turn_detection"] = (
             None
             if args.push_to_talk
@@ -598,10 +592,7 @@ def _session(args: argparse.Namespace) -> SessionConfig:
         )
     else:
         fields["output_modalities"] = ["text"]
-    if args.voice:
-        fields["voice"] = args.voice
-    if args.instructions:
-        fields["instructions"] = args.instructions
+    fields.update(common.voice_fields(args))
     return SessionConfig(**fields)
 
 
@@ -699,8 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give the assistant the demo tools: current_time and convert_units",
     )
-    parser.add_argument("--voice", help="the assistant's voice, e.g. alloy, sage, verse")
-    parser.add_argument("--instructions", help="the system instructions for the session")
+    common.add_voice_arguments(parser)
     common.add_record_argument(parser)
     common.add_target_arguments(parser)
     return parser

@@ -41,9 +41,6 @@ With no Azure settings the local engine starts in this process (a few seconds, o
     + common.ENV_HELP
 )
 
-TRANSCRIPTION_MODEL = "whisper-1"
-"""Input transcription model asked for (Azure and OpenAI know it; the local engine takes any)."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the spoken reply (default: reply.wav; '-' for none)",
     )
     parser.add_argument("--text", metavar="MESSAGE", help="send a typed message instead of audio")
-    parser.add_argument("--voice", help="the assistant's voice, e.g. alloy, sage, verse")
-    parser.add_argument("--instructions", help="the system instructions for the session")
+    common.add_voice_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_record_argument(parser)
     common.add_target_arguments(parser)
@@ -85,11 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _session(args: argparse.Namespace, audio_in: bool) -> SessionConfig:
     fields: dict[str, Any] = {"turn_detection": None, "output_modalities": ["audio"]}
     if audio_in:
-        fields["transcription"] = Transcription(model=TRANSCRIPTION_MODEL)
-    if args.voice:
-        fields["voice"] = args.voice
-    if args.instructions:
-        fields["instructions"] = args.instructions
+        fields["transcription"] = Transcription(model=common.TRANSCRIPTION_MODEL)
+    fields.update(common.voice_fields(args))
     return SessionConfig(**fields)
 
 

@@ -168,6 +168,8 @@ class ResponseRun:
         self._generation: Generation | None = None
         self._finish = BrainFinish()
         self._input_audio_ms = 0.0
+        self.audio_started_at_ms: float | None = None
+        """The end of the session's input audio when the first audio delta went out."""
         self.on_done: Callable[[ResponseRun], None] | None = None
         self._t0 = time.perf_counter()
 
@@ -312,8 +314,21 @@ class ResponseRun:
 
     # ------------------------------------------------------------------ message items
 
-    def _add_item(self, item: StoredItem) -> int:
-        """Register a new output item; returns its output index."""
+    def _add_item(
+        self, kind: str, fields: dict[str, Any], bytes_per_ms: int = 48
+    ) -> tuple[StoredItem, int]:
+        """A new output item, in progress, announced (and put in the conversation unless out of
+        band); returns it and its output index."""
+        item = StoredItem(
+            data={
+                "id": ids.item_id(),
+                "object": "realtime.item",
+                "type": kind,
+                "status": "in_progress",
+                **fields,
+            },
+            bytes_per_ms=bytes_per_ms,
+        )
         self.output.append(item)
         index = len(self.output) - 1
         self._emit(
@@ -333,7 +348,7 @@ class ResponseRun:
                     "item": item.wire(),
                 }
             )
-        return index
+        return item, index
 
     def _item_done(self, item: StoredItem, index: int) -> None:
         self._emit(
@@ -360,18 +375,11 @@ class ResponseRun:
             if audio
             else {"type": "output_text", "text": ""}
         )
-        item = StoredItem(
-            data={
-                "id": ids.item_id(),
-                "object": "realtime.item",
-                "type": "message",
-                "status": "in_progress",
-                "role": "assistant",
-                "content": [],
-            },
+        item, index = self._add_item(
+            "message",
+            {"role": "assistant", "content": []},
             bytes_per_ms=_BYTES_PER_MS[self.plan.output_format],
         )
-        index = self._add_item(item)
         item.data["content"] = [part]
         msg = _OpenMessage(item=item, output_index=index)
         self._open = msg
@@ -454,6 +462,8 @@ class ResponseRun:
             return
         if not msg.item.audio_bytes:
             self._mark("first audio", self._t0)
+        if self.audio_started_at_ms is None:
+            self.audio_started_at_ms = self.session.buffer.end_ms
         msg.item.audio_bytes += len(data)
         self._emit(
             self._content_event("response.output_audio.delta", msg, delta=b64encode_audio(data))
@@ -473,6 +483,11 @@ class ResponseRun:
                 )
         msg.audio_done = True
 
+    @property
+    def audio_ms(self) -> float:
+        """Milliseconds of audio this response produced (all its items)."""
+        return sum(item.audio_ms for item in self.output)
+
     def _stop_generation(self) -> None:
         if self._generation is not None:
             self._generation.cancel()
@@ -481,18 +496,9 @@ class ResponseRun:
 
     def _function_call(self, call: FunctionCall) -> None:
         call_id = call.call_id or ids.call_id()
-        item = StoredItem(
-            data={
-                "id": ids.item_id(),
-                "object": "realtime.item",
-                "type": "function_call",
-                "status": "in_progress",
-                "name": call.name,
-                "call_id": call_id,
-                "arguments": "",
-            }
+        item, index = self._add_item(
+            "function_call", {"name": call.name, "call_id": call_id, "arguments": ""}
         )
-        index = self._add_item(item)
         common = {
             "response_id": self.id,
             "item_id": item.id,

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .._threads import LoopThread, Stop, start_site
 from ..protocol.dialect import Dialect
 from ..protocol.errors import ProtocolError
 from . import ids
@@ -167,19 +168,9 @@ async def start_engine(config: EngineConfig, speech_stack: Any = None) -> Runnin
     if stack is None:
         stack = await asyncio.to_thread(load_speech, None)
     app = create_app(config, stack)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    port = config.port
-    server = site._server  # noqa: SLF001 - the only way to read back an ephemeral port
-    sockets = getattr(server, "sockets", None) or []
-    if sockets:
-        port = sockets[0].getsockname()[1]
+    runner, port = await start_site(
+        app, config.host, config.port, reuse_address=True, shutdown_timeout=2.0
+    )
     return RunningEngine(runner, config.host, port)
 
 
@@ -480,39 +471,13 @@ class EngineThread:
     """
 
     def __init__(self, config: EngineConfig, speech_stack: Any = None) -> None:
-        import threading
-
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._engine: RunningEngine | None = None
-        self._stopped: asyncio.Event | None = None
 
-        async def serve() -> None:
-            self._stopped = asyncio.Event()
-            try:
-                self._engine = await start_engine(config, speech_stack)
-            except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
-                self._error = exc
-                self._ready.set()
-                return
-            self._ready.set()
-            await self._stopped.wait()
-            await self._engine.close()
+        async def start() -> Stop:
+            self._engine = await start_engine(config, speech_stack)
+            return self._engine.close
 
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            try:
-                self._loop.run_until_complete(serve())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="aoai-realtime engine", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
+        self._thread = LoopThread(start, name="aoai-realtime engine")
 
     @property
     def engine(self) -> RunningEngine:
@@ -544,9 +509,7 @@ class EngineThread:
         return self.engine.preview_url(deployment, api_version)
 
     def close(self) -> None:
-        if self._thread.is_alive() and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
-            self._thread.join(timeout=10)
+        self._thread.close()
 
     def __enter__(self) -> EngineThread:
         return self

@@ -155,6 +155,9 @@ class RealtimeSession:
         self.runs: dict[str, ResponseRun] = {}
         self.responses_started = 0
         self._pending_auto_response = False
+        self._idle_from_ms: float | None = None
+        """Under ``server_vad`` with ``idle_timeout_ms``: where on the audio timeline the last
+        response's audio ended (as the client played it); ``None`` while nothing is awaited."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turn_detector: Any = None
         self._turn_item_id: str | None = None
@@ -199,6 +202,12 @@ class RealtimeSession:
                 await task
             except BaseException:  # noqa: BLE001 - the session is going away
                 pass
+        # Let go of the session's memory now: the session is part of reference cycles, and the
+        # cyclic collector does not see native memory, so a busy engine would otherwise keep
+        # every closed session's VAD model (about 8 MB) and audio for a good while.
+        self._turn_detector = None
+        self.buffer = InputBuffer()
+        self.store = ItemStore()
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task that the session cancels when it closes."""
@@ -363,6 +372,7 @@ class RealtimeSession:
         if self._turn_detector is not None and self._turn_detector.speaking:
             self.speculator.update(self._turn_detector, self._turn_item_id, self._turn_start_ms)
         else:
+            self._check_idle_timeout()
             self.buffer.keep_tail(IDLE_TAIL_MS)
 
     def _decode_input(self, raw: bytes, param: str) -> bytes:
@@ -383,6 +393,7 @@ class RealtimeSession:
 
     def _on_speech_started(self, audio_start_ms: int) -> None:
         self.speculator.discard()
+        self._idle_from_ms = None
         self._turn_item_id = ids.item_id()
         self._turn_start_ms = audio_start_ms
         self.emit(
@@ -440,6 +451,8 @@ class RealtimeSession:
 
     def _clear_buffer(self) -> None:
         end = self.buffer.clear()
+        if self._idle_from_ms is not None:  # the cleared audio is off the timeline
+            self._idle_from_ms = min(self._idle_from_ms, end)
         self._turn_item_id = None
         self.speculator.discard()
         if self._in_resampler is not None:
@@ -447,6 +460,49 @@ class RealtimeSession:
         if self._turn_detector is not None:
             self._turn_detector.reset(int(end))
         self.emit({"type": "input_audio_buffer.cleared"})
+
+    def _arm_idle_timeout(self, run: ResponseRun) -> None:
+        """After a response: start counting toward ``idle_timeout_ms`` from where its audio ends.
+
+        The client starts playing the audio as its first delta arrives, so on the input audio
+        timeline (which a client streaming its microphone advances in real time) the playback
+        ends at the buffer's end at the first delta plus the audio's length; a response without
+        audio ends when it is done.
+        """
+        end = self.buffer.end_ms
+        started = run.audio_started_at_ms
+        self._idle_from_ms = end if started is None else max(end, started + run.audio_ms)
+
+    def _check_idle_timeout(self) -> None:
+        """``input_audio_buffer.timeout_triggered`` once the input has been silent for
+        ``idle_timeout_ms`` after the last response's audio: the silent audio is committed as a
+        user turn and, with ``create_response``, answered (the model prompts the user)."""
+        td = self.config.turn_detection
+        start = self._idle_from_ms
+        if start is None or td is None or td.type != "server_vad" or not td.idle_timeout_ms:
+            return
+        if self.active is not None and self.active.active:
+            return
+        end = self.buffer.end_ms
+        if end - start < td.idle_timeout_ms:
+            return
+        self._idle_from_ms = None
+        item_id = ids.item_id()
+        self.emit(
+            {
+                "type": "input_audio_buffer.timeout_triggered",
+                "audio_start_ms": int(start),
+                "audio_end_ms": int(end),
+                "item_id": item_id,
+            }
+        )
+        audio = self.buffer.commit_span(start, end)
+        self.speculator.discard()
+        if self._turn_detector is not None:
+            self._turn_detector.reset(int(self.buffer.end_ms))
+        self._commit(audio, item_id, None)
+        if td.create_response is not False and self.config.type != "transcription":
+            self._auto_respond()
 
     def _commit(self, audio: bytes, item_id: str, transcript: Any) -> None:
         item = StoredItem(
@@ -681,7 +737,7 @@ class RealtimeSession:
                 self._check_response_audio(params.audio)
             if params.input is not None:
                 context = [
-                    self._new_item(item, f"response.input[{i}]")
+                    self._input_item(item, f"response.input[{i}]")
                     for i, item in enumerate(params.input)
                 ]
         out_of_band = params is not None and params.conversation == "none"
@@ -692,10 +748,21 @@ class RealtimeSession:
                 code="conversation_already_has_active_response",
                 param=None,
             )
-        for item in context or []:
-            if item.input_audio and not _has_transcript(item):
+        for item in context or []:  # new items; referenced ones are transcribed already
+            if item.input_audio and item.transcript is None and not _has_transcript(item):
                 self.transcribe(item, announce=False)
         self._start_response(params, context)
+
+    def _input_item(self, model: Any, where: str) -> StoredItem:
+        """An item of ``response.input``: a new one, or the conversation's item it references."""
+        if isinstance(model, ev.ItemReference):
+            item = self.store.get(model.id or "")
+            if item is None:
+                raise invalid_value(
+                    f"{where}.id", f"Conversation item with id '{model.id}' does not exist."
+                )
+            return item
+        return self._new_item(model, where)
 
     def _check_response_audio(self, audio: dict[str, Any]) -> None:
         for key in audio:
@@ -739,6 +806,7 @@ class RealtimeSession:
         self.runs[run.id] = run
         if not plan.out_of_band:
             self.active = run
+            self._idle_from_ms = None
         run.start()
         return run
 
@@ -746,6 +814,8 @@ class RealtimeSession:
         self.runs.pop(run.id, None)
         if self.active is run:
             self.active = None
+            if self._turn_detector is not None and not self._turn_detector.speaking:
+                self._arm_idle_timeout(run)
         tokens = int((run.usage or {}).get("total_tokens") or 0)
         self.emit({"type": "rate_limits.updated", "rate_limits": self.rate_limits.spend(tokens)})
         if self._pending_auto_response and self.active is None and not self._closed:

@@ -31,24 +31,12 @@ from .generation import Generation
 
 if TYPE_CHECKING:
     from .session import RealtimeSession
+    from .speech.vad import TurnDetector
 
 log = logging.getLogger(__name__)
 
 SPECULATE_AFTER_MS = 60
 """How long a pause must last before its turn is worked on speculatively."""
-
-
-def silence_started_ms(turn_detector: Any) -> int | None:
-    """Where the current pause began on the session timeline, while speaking (else None)."""
-    public = getattr(turn_detector, "silence_started_ms", None)
-    if isinstance(public, int) or hasattr(type(turn_detector), "silence_started_ms"):
-        return public if isinstance(public, int) else None
-    start = getattr(turn_detector, "_silence_start", None)
-    frame_ms = getattr(turn_detector, "_frame_ms", None)
-    offset = getattr(turn_detector, "_offset_ms", None)
-    if start is None or frame_ms is None or offset is None:
-        return None
-    return int(offset + frame_ms(start))
 
 
 class Speculator:
@@ -67,9 +55,9 @@ class Speculator:
 
     # ------------------------------------------------------------------ during a turn
 
-    def update(self, turn_detector: Any, item_id: str | None, start_ms: float) -> None:
+    def update(self, turn_detector: TurnDetector, item_id: str | None, start_ms: float) -> None:
         """Called after each chunk of audio while the user is speaking."""
-        pause_start = silence_started_ms(turn_detector)
+        pause_start = turn_detector.silence_started_ms
         if self._item_id is not None and (item_id != self._item_id or pause_start != self._end_ms):
             self._drop_pause()  # the user spoke again: that pause did not end the turn
         speech = self.session.speech

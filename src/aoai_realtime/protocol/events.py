@@ -70,6 +70,9 @@ class OutputAudio(_Model):
 
 
 class ItemReference(_Model):
+    """An existing item named by its ``id``: in ``response.create``'s ``input`` (the only place
+    the service accepts a reference as an item), and as a preview content part."""
+
     type: Literal["item_reference"] = "item_reference"
     id: str | None = None
 
@@ -112,6 +115,13 @@ Item = Annotated[
     Union[MessageItem, FunctionCallItem, FunctionCallOutputItem],
     Field(discriminator="type"),
 ]
+
+
+ResponseInputItem = Annotated[
+    Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, ItemReference],
+    Field(discriminator="type"),
+]
+"""An item of ``response.create``'s ``input``: a new item, or a reference to an existing one."""
 
 
 def user_text(text: str) -> MessageItem:
@@ -599,7 +609,7 @@ class ResponseParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     conversation: str | None = None
-    input: list[Item] | None = None
+    input: list[ResponseInputItem] | None = None
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
     audio: dict[str, Any] | None = None
@@ -714,6 +724,7 @@ _ITEM_FIELDS = {
     "message": {"type", "id", "object", "role", "status", "content"},
     "function_call": {"type", "id", "object", "status", "call_id", "name", "arguments"},
     "function_call_output": {"type", "id", "object", "status", "call_id", "output"},
+    "item_reference": {"type", "id"},  # response.input only (conversation items refuse it)
 }
 _PART_FIELDS = {
     "input_text": {"type", "text"},
@@ -730,6 +741,8 @@ def check_item_fields(item: dict[str, Any], where: str, event_id: str | None = N
     for key in item:
         if key not in _ITEM_FIELDS.get(item.get("type", ""), set()):
             raise unknown_parameter(f"{where}.{key}", event_id)
+    if item.get("type") == "item_reference" and not item.get("id"):
+        raise missing_parameter(f"{where}.id", event_id)
     for i, part in enumerate(item.get("content") or []):
         for key in part:
             if key not in _PART_FIELDS.get(part.get("type", ""), set()):

@@ -179,6 +179,11 @@ class Synthesizer:
         options.intra_op_num_threads = threads
         # No busy-waiting between operators: the LLM decodes on the same cores meanwhile.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No memory patterns: the voice's tensors change size with every sentence, so planned
+        # patterns are never reused, and the arena kept their blocks on top of its own (about
+        # 45 MB after a few long sentences). The arena itself stays: without it every sentence
+        # maps and unmaps its tensors afresh, which cost the first audio about 100 ms per turn.
+        options.enable_mem_pattern = False
         session = onnxruntime.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -204,6 +204,18 @@ class TurnDetector:
         """True between a ``speech_started`` and its ``speech_stopped``."""
         return self._speaking
 
+    @property
+    def silence_started_ms(self) -> int | None:
+        """Where the current pause began on the session's timeline, while speaking; else None.
+
+        This is the ``audio_end_ms`` that ``speech_stopped`` will report if the pause goes on
+        for ``silence_duration_ms`` (the engine works on the turn during that pause).
+        """
+        start = self._silence_start
+        if not self._speaking or start is None:
+            return None
+        return self._offset_ms + self._frame_ms(start)
+
     def _input_ms(self) -> int:
         return self._input_samples * 1000 // INPUT_RATE
 

@@ -1,0 +1,95 @@
+"""Serving an aiohttp application from a thread of its own, with its own event loop.
+
+The engine (:class:`~aoai_realtime.engine.server.EngineThread`) and the middle tier
+(:class:`~aoai_realtime.server.thread.ServerThread`) both run this way for callers without a
+loop of their own (tests, scripts, notebooks, synchronous programs); :func:`start_site` also
+serves an application in the caller's loop and reads back the port it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+__all__ = ["LoopThread", "start_site"]
+
+T = TypeVar("T")
+
+Stop = Callable[[], Awaitable[None]]
+"""What undoes a start: awaited in the thread's loop when the thread is closed."""
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, *, reuse_address: bool | None = None, **runner: Any
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` in this loop; returns its runner and the port it listens on
+    (port 0 picks a free one). ``await runner.cleanup()`` stops it. ``runner`` options go to
+    :class:`aiohttp.web.AppRunner` (signals are never handled, there is no access log)."""
+    app_runner = web.AppRunner(app, handle_signals=False, access_log=None, **runner)
+    try:
+        await app_runner.setup()  # the application's start-up handlers run here
+        site = web.TCPSite(app_runner, host, port, reuse_address=reuse_address)
+        await site.start()
+    except BaseException:  # what did start is stopped again
+        await app_runner.cleanup()
+        raise
+    server = site._server  # noqa: SLF001 - the only way to read back an ephemeral port
+    sockets = getattr(server, "sockets", None) or []
+    return app_runner, (sockets[0].getsockname()[1] if sockets else port)
+
+
+class LoopThread:
+    """A daemon thread running an event loop until :meth:`close`.
+
+    ``start`` is awaited first in that loop; it returns the coroutine function that undoes it,
+    awaited when the thread is closed. The constructor returns once ``start`` is done, and
+    raises what ``start`` raised (the thread has ended then).
+    """
+
+    def __init__(self, start: Callable[[], Awaitable[Stop]], *, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            try:
+                stop = await start()
+            except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
+                self._error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await stop()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(serve())
+            finally:
+                self.loop.close()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` in the thread's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Undo the start and end the thread (waits at most ``timeout`` seconds)."""
+        if self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
