@@ -859,6 +859,9 @@ class Relay:
             installed = False
             try:
                 restored = await self._restore(new)
+                # The notice goes out before the held page events reach the new session, so the
+                # page reads it before any reply to them.
+                await self._send_synthetic(self._resumed_notice(end, restored, bool(cut)))
                 await self._install(new)
                 installed = True
             except (_SessionEnded, asyncio.TimeoutError) as exc:
@@ -882,17 +885,18 @@ class Relay:
             items=restored,
             held_dropped_audio_ms=round(self._held.dropped_audio_ms),
         )
+        return True
+
+    @staticmethod
+    def _resumed_notice(end: _SessionEnded, restored: int, cut: bool) -> dict[str, Any]:
         more = " The reply in progress was cut short." if cut else ""
         noun = "item" if restored == 1 else "items"
-        await self._send_synthetic(
-            error_event(
-                "session_resumed",
-                f"{end.describe()}; a new session continues the conversation ({restored} {noun} "
-                f"restored).{more}",
-                error_type="relay_notice",
-            )
+        return error_event(
+            "session_resumed",
+            f"{end.describe()}; a new session continues the conversation ({restored} {noun} "
+            f"restored).{more}",
+            error_type="relay_notice",
         )
-        return True
 
     async def _send_synthetic(self, event: dict[str, Any]) -> None:
         """An event the relay makes up for the page (GA vocabulary)."""
