@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .. import __version__
-from .channels import AiohttpChannel
+from ..channel import AiohttpChannel
 from .errors import RelayError
 from .logs import log
 from .policy import Policy

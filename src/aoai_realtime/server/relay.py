@@ -41,8 +41,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from ..channel import Channel, ChannelClosed
 from ..protocol import dialect as _dialect
 from ..protocol.errors import ProtocolError
 from ..protocol.restore import RESUMABLE_CLOSE_CODES
@@ -62,36 +63,6 @@ __all__ = [
 ]
 
 Dialect = Literal["ga", "preview"]
-
-
-class ChannelClosed(ConnectionError):
-    """Raised by :meth:`Channel.send` when the peer has gone."""
-
-
-class Channel(Protocol):
-    """One side of the relay: a WebSocket carrying JSON text messages."""
-
-    async def receive(self) -> str | None:
-        """The next text message; ``None`` once the peer has closed (binary frames are skipped)."""
-        ...
-
-    async def send(self, text: str) -> None:
-        """Send one text message; raise :class:`ChannelClosed` if the peer has gone."""
-        ...
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close without waiting long for the peer's answer; closing twice does nothing."""
-        ...
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code the peer sent (or ``None``)."""
-        ...
-
-    @property
-    def close_reason(self) -> str:
-        """The reason the peer gave when closing (may be empty)."""
-        ...
 
 
 Connector = Callable[[], Awaitable[Channel]]

@@ -37,7 +37,7 @@ from ..auth import (
 )
 from ..config import ConfigError, Settings, build_url, parse_endpoint
 from ..protocol.session import GA_VOICES, PREVIEW_VOICES
-from .channels import AiohttpChannel
+from ..channel import AiohttpChannel
 from .errors import CLOSE_POLICY, RelayError, handshake_error
 from .local import LocalEngine
 from .logs import log
