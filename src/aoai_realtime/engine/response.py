@@ -23,25 +23,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Union
 
 from ..audio import Resampler, alaw_encode, b64encode_audio, ulaw_encode
-from ..protocol.events import ResponseParams
-from ..protocol.session import SessionConfig
 from . import ids
 from .brains import (
+    Brain,
     BrainFinish,
     BrainRequest,
     FunctionCall,
-    HistoryItem,
     TextDelta,
     estimate_tokens,
 )
 from .generation import Generation, Spoken
-from .store import Segment, StoredItem
-
-if TYPE_CHECKING:
-    from .session import RealtimeSession
+from .plan import ResponsePlan, brain_request
+from .store import ItemStore, Segment, StoredItem
+from .workers import SharedSpeech
 
 log = logging.getLogger(__name__)
 
@@ -69,74 +66,32 @@ class InjectedServerError(Exception):
     """The ``server_error`` fault: the response fails as if the service had failed."""
 
 
+ClaimReply = Callable[[BrainRequest, bool, str, float], Union[Generation, None]]
+"""``claim(request, audio, voice, speed)``: a reply prepared during the pause, if it answers
+exactly this request (else ``None``)."""
+
+
 @dataclass
-class ResponsePlan:
-    """A response's settings: the session's, with the ``response.create`` overrides applied."""
+class ResponseContext:
+    """What a response needs from its session, handed over when it starts.
 
-    output_modalities: list[str]
-    voice: str
-    speed: float
-    output_format: str
-    instructions: str
-    tools: list[dict[str, Any]]
-    tool_choice: str | dict[str, Any]
-    max_output_tokens: int | None
-    temperature: float | None
-    metadata: dict[str, Any] | None
-    out_of_band: bool
-    context: list[StoredItem] | None = None  # ``input`` (None: the conversation)
+    A response reaches nothing else of its session: it emits through ``emit``, adds its items to
+    ``store``, asks ``brain`` (speaking with ``speech``), and reports its end to ``on_done``.
+    """
 
-    @property
-    def audio(self) -> bool:
-        return "audio" in self.output_modalities
-
-
-def plan_response(
-    config: SessionConfig,
-    params: ResponseParams | None,
-    *,
-    default_instructions: str,
-    context: list[StoredItem] | None,
-) -> ResponsePlan:
-    """Merge a session's configuration and a ``response.create``'s overrides."""
-    p = params or ResponseParams()
-    audio_out = ((p.audio or {}).get("output") or {}) if isinstance(p.audio, dict) else {}
-    fmt = config.output_format or "pcm16"
-    if "format" in audio_out:
-        fmt = (
-            SessionConfig.from_ga(
-                {"audio": {"output": {"format": audio_out["format"]}}}
-            ).output_format
-            or fmt
-        )
-    mot = p.max_output_tokens if p.max_output_tokens is not None else config.max_output_tokens
-    instructions = p.instructions if p.instructions is not None else config.instructions
-    return ResponsePlan(
-        output_modalities=list(p.output_modalities or config.output_modalities or ["audio"]),
-        voice=str(audio_out.get("voice") or config.voice or "alloy"),
-        speed=float(config.speed or 1.0),
-        output_format=fmt,
-        instructions=instructions if instructions is not None else default_instructions,
-        tools=list(p.tools if p.tools is not None else config.tools or []),
-        tool_choice=p.tool_choice if p.tool_choice is not None else (config.tool_choice or "auto"),
-        max_output_tokens=None if mot in (None, "inf") else int(mot),
-        temperature=p.temperature if p.temperature is not None else config.temperature,
-        metadata=p.metadata,
-        out_of_band=p.conversation == "none",
-        context=context,
-    )
-
-
-def brain_request(plan: ResponsePlan, history: list[HistoryItem]) -> BrainRequest:
-    """What the brain is asked for a response with this plan and conversation."""
-    return BrainRequest(
-        instructions=plan.instructions,
-        history=history,
-        tools=plan.tools,
-        tool_choice=plan.tool_choice,
-        max_output_tokens=plan.max_output_tokens,
-        temperature=plan.temperature,
-    )
+    emit: Callable[[dict[str, Any]], None]
+    conversation_id: str
+    store: ItemStore
+    brain: Brain
+    speech: SharedSpeech | None
+    input_end_ms: Callable[[], float]
+    """Where the session's input audio ends now (read when the first audio delta goes out)."""
+    claim_reply: ClaimReply | None = None
+    """Where to look for a reply prepared during the pause (``None``: never, e.g. out of band)."""
+    fail: bool = False
+    """The ``server_error`` fault: this response fails instead of answering."""
+    on_done: Callable[[ResponseRun], None] | None = None
+    """Called once, after ``response.done`` has been emitted."""
 
 
 @dataclass
@@ -153,10 +108,9 @@ class _OpenMessage:
 class ResponseRun:
     """One response of a session, run as a task (see the module documentation)."""
 
-    def __init__(self, session: RealtimeSession, plan: ResponsePlan, number: int) -> None:
-        self.session = session
+    def __init__(self, context: ResponseContext, plan: ResponsePlan) -> None:
+        self.context = context
         self.plan = plan
-        self.number = number
         self.id = ids.response_id()
         self.status = "in_progress"
         self.status_details: dict[str, Any] | None = None
@@ -170,7 +124,6 @@ class ResponseRun:
         self._input_audio_ms = 0.0
         self.audio_started_at_ms: float | None = None
         """The end of the session's input audio when the first audio delta went out."""
-        self.on_done: Callable[[ResponseRun], None] | None = None
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ control
@@ -191,7 +144,7 @@ class ResponseRun:
     # ------------------------------------------------------------------ events
 
     def _emit(self, event: dict[str, Any]) -> None:
-        self.session.emit(event)
+        self.context.emit(event)
 
     def response_object(self) -> dict[str, Any]:
         plan = self.plan
@@ -201,7 +154,7 @@ class ResponseRun:
             "status": self.status,
             "status_details": self.status_details,
             "output": [item.wire() for item in self.output],
-            "conversation_id": None if plan.out_of_band else self.session.conversation_id,
+            "conversation_id": None if plan.out_of_band else self.context.conversation_id,
             "output_modalities": plan.output_modalities,
             "max_output_tokens": plan.max_output_tokens
             if plan.max_output_tokens is not None
@@ -251,17 +204,17 @@ class ResponseRun:
         self._close_open_message(self.status == "completed")
         self.usage = self._usage()
         self._emit({"type": "response.done", "response": self.response_object()})
-        if self.on_done is not None:
-            self.on_done(self)
+        if self.context.on_done is not None:
+            self.context.on_done(self)
 
     def _mark(self, what: str, since: float) -> None:
         log.debug("%s: %s after %.0f ms", self.id, what, (time.perf_counter() - since) * 1000)
 
     async def _generate(self) -> None:
-        session = self.session
+        ctx = self.context
         context = self.plan.context
         if context is None:
-            context = session.store.items()
+            context = ctx.store.items()
         t0 = time.perf_counter()
         for item in context:  # a spoken turn is heard once its transcription is done
             if item.transcript is not None:
@@ -272,11 +225,9 @@ class ResponseRun:
         request = brain_request(self.plan, [item.history() for item in context])
         plan = self.plan
         generation = None
-        if not plan.out_of_band:  # a reply prepared during the pause is for the conversation
-            generation = session.speculator.claim_reply(
-                request, audio=plan.audio, voice=plan.voice, speed=plan.speed
-            )
-        if session.faults.server_error_response == self.number:
+        if ctx.claim_reply is not None:
+            generation = ctx.claim_reply(request, plan.audio, plan.voice, plan.speed)
+        if ctx.fail:
             if generation is not None:
                 generation.cancel()
             raise InjectedServerError()
@@ -284,9 +235,9 @@ class ResponseRun:
             self._mark("using the reply prepared during the pause", t0)
         else:
             generation = Generation(
-                session.brain,
+                ctx.brain,
                 request,
-                session.speech,
+                ctx.speech,
                 audio=plan.audio,
                 voice=plan.voice,
                 speed=plan.speed,
@@ -340,7 +291,7 @@ class ResponseRun:
             }
         )
         if not self.plan.out_of_band:
-            previous = self.session.store.insert(item)
+            previous = self.context.store.insert(item)
             self._emit(
                 {
                     "type": "conversation.item.added",
@@ -359,11 +310,11 @@ class ResponseRun:
                 "item": item.wire(),
             }
         )
-        if not self.plan.out_of_band and item.id in self.session.store:
+        if not self.plan.out_of_band and item.id in self.context.store:
             self._emit(
                 {
                     "type": "conversation.item.done",
-                    "previous_item_id": self.session.store.previous_of(item.id),
+                    "previous_item_id": self.context.store.previous_of(item.id),
                     "item": item.wire(),
                 }
             )
@@ -463,7 +414,7 @@ class ResponseRun:
         if not msg.item.audio_bytes:
             self._mark("first audio", self._t0)
         if self.audio_started_at_ms is None:
-            self.audio_started_at_ms = self.session.buffer.end_ms
+            self.audio_started_at_ms = self.context.input_end_ms()
         msg.item.audio_bytes += len(data)
         self._emit(
             self._content_event("response.output_audio.delta", msg, delta=b64encode_audio(data))

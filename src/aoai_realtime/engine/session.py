@@ -31,8 +31,9 @@ from . import ids
 from .brains import DEFAULT_INSTRUCTIONS, Brain
 from .buffer import InputBuffer
 from .faults import Faults
-from .response import ResponseRun, plan_response
-from .speculation import Speculator
+from .plan import plan_response
+from .response import ResponseContext, ResponseRun
+from .speculation import SpeculationContext, Speculator
 from .store import ItemStore, StoredItem
 from .wire import Decoded
 from .workers import SharedSpeech
@@ -163,7 +164,16 @@ class RealtimeSession:
         self._turn_item_id: str | None = None
         self._turn_start_ms = 0.0
         self._in_resampler: Resampler | None = None
-        self.speculator = Speculator(self)
+        self.speculator = Speculator(
+            SpeculationContext(
+                speech=speech,
+                brain=brain,
+                audio=lambda start_ms, end_ms: self.buffer.slice_ms(start_ms, end_ms),
+                config=lambda: self.config,
+                conversation=lambda: self.store.items(),
+                busy=lambda: self._closed or (self.active is not None and self.active.active),
+            )
+        )
         self._closed = False
         self._configure_input()
 
@@ -801,8 +811,19 @@ class RealtimeSession:
         plan = plan_response(
             self.config, params, default_instructions=DEFAULT_INSTRUCTIONS, context=context
         )
-        run = ResponseRun(self, plan, self.responses_started)
-        run.on_done = self._response_finished
+        run_context = ResponseContext(
+            emit=self.emit,
+            conversation_id=self.conversation_id,
+            store=self.store,
+            brain=self.brain,
+            speech=self.speech,
+            input_end_ms=lambda: self.buffer.end_ms,
+            # a reply prepared during the pause is for the conversation, never out of band
+            claim_reply=None if plan.out_of_band else self.speculator.claim_reply,
+            fail=self.faults.server_error_response == self.responses_started,
+            on_done=self._response_finished,
+        )
+        run = ResponseRun(run_context, plan)
         self.runs[run.id] = run
         if not plan.out_of_band:
             self.active = run

@@ -24,13 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .brains import DEFAULT_INSTRUCTIONS, HistoryItem
+from ..protocol.session import SessionConfig
+from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
 from .generation import Generation
+from .plan import brain_request, plan_response
+from .store import StoredItem
+from .workers import SharedSpeech
 
 if TYPE_CHECKING:
-    from .session import RealtimeSession
     from .speech.vad import TurnDetector
 
 log = logging.getLogger(__name__)
@@ -39,11 +44,31 @@ SPECULATE_AFTER_MS = 60
 """How long a pause must last before its turn is worked on speculatively."""
 
 
+@dataclass
+class SpeculationContext:
+    """What the speculator reads from its session, handed over explicitly.
+
+    The callables are read when they are needed (the session changes between the start of a
+    pause and the end of its transcription); the speculator holds no reference to the session.
+    """
+
+    speech: SharedSpeech | None
+    brain: Brain
+    audio: Callable[[float, float], bytes]
+    """The input audio between two positions of the session's timeline (ms)."""
+    config: Callable[[], SessionConfig]
+    """The session's configuration now."""
+    conversation: Callable[[], list[StoredItem]]
+    """The conversation's items now, in order."""
+    busy: Callable[[], bool]
+    """True while no reply may be prepared: the session is closed or a response is active."""
+
+
 class Speculator:
     """One session's speculative transcription and reply (at most one of each in flight)."""
 
-    def __init__(self, session: RealtimeSession) -> None:
-        self.session = session
+    def __init__(self, context: SpeculationContext) -> None:
+        self.context = context
         self.enabled = True
         self._item_id: str | None = None
         self._end_ms: int | None = None
@@ -60,7 +85,7 @@ class Speculator:
         pause_start = turn_detector.silence_started_ms
         if self._item_id is not None and (item_id != self._item_id or pause_start != self._end_ms):
             self._drop_pause()  # the user spoke again: that pause did not end the turn
-        speech = self.session.speech
+        speech = self.context.speech
         if not self.enabled or speech is None or item_id is None or pause_start is None:
             return
         if self._item_id == item_id:
@@ -69,8 +94,8 @@ class Speculator:
             return
         if self._busy is not None and not self._busy.done():
             return  # one at a time: the transcriber still works on an earlier pause
-        audio = self.session.buffer.slice_ms(start_ms, pause_start)
-        tc = self.session.config.transcription
+        audio = self.context.audio(start_ms, pause_start)
+        tc = self.context.config().transcription
         self._item_id, self._end_ms = item_id, pause_start
         task = asyncio.ensure_future(
             speech.transcribe(
@@ -92,32 +117,28 @@ class Speculator:
             self._prepare_reply(self._item_id, task.result())
 
     def _prepare_reply(self, item_id: str, text: str) -> None:
-        from .response import brain_request, plan_response
-
-        s = self.session
-        td = s.config.turn_detection
+        ctx = self.context
+        config = ctx.config()
+        td = config.turn_detection
         if (
-            s.closed
-            or not getattr(s.brain, "speculative", False)
+            ctx.busy()
+            or not getattr(ctx.brain, "speculative", False)
             or td is None
             or td.create_response is False
-            or s.config.type == "transcription"
-            or (s.active is not None and s.active.active)
+            or config.type == "transcription"
         ):
             return
-        items = s.store.items()
+        items = ctx.conversation()
         if any(i.transcript is not None and not i.transcript.done() for i in items):
             return
-        plan = plan_response(
-            s.config, None, default_instructions=DEFAULT_INSTRUCTIONS, context=None
-        )
+        plan = plan_response(config, None, default_instructions=DEFAULT_INSTRUCTIONS, context=None)
         history = [i.history() for i in items]
         history.append(HistoryItem(id=item_id, type="message", role="user", text=text))
         log.debug("preparing the reply")
         self._reply = Generation(
-            s.brain,
+            ctx.brain,
             brain_request(plan, history),
-            s.speech,
+            ctx.speech,
             audio=plan.audio,
             voice=plan.voice,
             speed=plan.speed,
@@ -147,7 +168,7 @@ class Speculator:
         return task
 
     def claim_reply(
-        self, request: Any, *, audio: bool, voice: str, speed: float
+        self, request: BrainRequest, audio: bool, voice: str, speed: float
     ) -> Generation | None:
         """The prepared reply, if it answers exactly this request; it is dropped otherwise."""
         ready, self._ready = self._ready, None
