@@ -157,6 +157,10 @@ class EntraIdCredential:
         token = await self._fresh_token()
         return {"Authorization": f"Bearer {token.token}"}
 
+    def invalidate(self) -> None:
+        """Forget the cached token: the next connection fetches a new one (after a 401)."""
+        self._token = None
+
     async def token_expires_in(self) -> float:
         """Seconds until the token the next :meth:`headers` call would send expires (fetching
         one if needed). Schedule a reconnect or re-auth before this runs out."""

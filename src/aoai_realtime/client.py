@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import email.utils
 import itertools
 import json
 import logging
@@ -39,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, TypeVar, Union, cast, overload
+from typing import Any, Literal, TypeVar, Union, overload
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -62,7 +61,8 @@ from .auth import (
 from .config import ConfigError, Settings, build_url
 from .protocol import events as ev
 from .protocol.conversation import Conversation
-from .protocol.dialect import ga_to_preview_client, preview_to_ga_server
+from .protocol.dialect import DialectName, ga_to_preview_client, preview_to_ga_server
+from .protocol.handshake import HandshakeFailure
 from .protocol.restore import (
     DEFAULT_MAX_CHARS,
     DEFAULT_MAX_ITEMS,
@@ -71,8 +71,11 @@ from .protocol.restore import (
     bound_history,
     restorable_items,
 )
+from .protocol.resume import Restore, ResumePolicy, SessionEnd
 from .protocol.session import SessionConfig
+from .protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
 from .tools import Tool, ToolRegistry
+from .transport import DEFAULT_MAX_MESSAGE_BYTES, HandshakeFailed, open_websocket
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -95,10 +98,6 @@ __all__ = [
 
 log = logging.getLogger("aoai_realtime.client")
 
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Largest WebSocket message accepted: items carrying base64 audio exceed a 1 MiB default."""
-
-DialectName = Literal["ga", "preview"]
 E = TypeVar("E", bound=ev.ServerEvent)
 Observer = Callable[[Literal["send", "recv"], Any], None]
 """Sees every message: ``("send", event_dict)`` as sent (after dialect translation) and
@@ -108,6 +107,7 @@ T = TypeVar("T")
 _OPENAI_HOST = "api.openai.com"
 _USER_AGENT = f"aoai-realtime/{__version__} aiohttp/{aiohttp.__version__}"
 _NORMAL_CLOSE_CODES = (1000, 1001)
+_RESTORE_EVENTS = frozenset({"error", "session.updated", "conversation.item.added"})
 _MAX_APPEND_MS = 100
 
 
@@ -122,10 +122,20 @@ class RealtimeError(Exception):
 class ConnectError(RealtimeError):
     """The connection could not be opened: the message names the URL and what to check."""
 
-    def __init__(self, message: str, *, url: str, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        request_id: str | None = None,
+        failure: HandshakeFailure | None = None,
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.request_id = request_id
+        self.failure = failure
+        """The handshake failure this error words (``None`` when the socket opened but the
+        session did not start)."""
 
 
 class HandshakeError(ConnectError):
@@ -139,8 +149,9 @@ class HandshakeError(ConnectError):
         status: int,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        failure: HandshakeFailure | None = None,
     ) -> None:
-        super().__init__(message, url=url, request_id=request_id)
+        super().__init__(message, url=url, request_id=request_id, failure=failure)
         self.status = status
         self.headers: dict[str, str] = dict(headers or {})
 
@@ -349,37 +360,60 @@ def _first(query: Mapping[str, list[str]], *names: str) -> str | None:
     return None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        value = headers.get(name)
-        if value:
-            try:
-                return float(value) / 1000.0
-            except ValueError:
-                pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _connect_error(target: _Target, failure: HandshakeFailure, open_timeout: float) -> ConnectError:
+    """The SDK's exception for a failed handshake: what happened and what to check."""
+    url, request_id = target.url, failure.request_id
+    if failure.kind == "status":
+        return _handshake_error(target, failure)
+    if failure.kind == "dns":
+        return ConnectError(
+            f"cannot resolve host {failure.host!r} of {url}: check AZURE_OPENAI_ENDPOINT "
+            f"(e.g. https://my-resource.openai.azure.com) ({failure.detail})",
+            url=url,
+            request_id=request_id,
+            failure=failure,
+        )
+    if failure.kind == "tls":
+        return ConnectError(
+            f"TLS failed for {url}: {failure.detail}; check the endpoint (https vs http)",
+            url=url,
+            request_id=request_id,
+            failure=failure,
+        )
+    if failure.kind == "connect":
+        return ConnectError(
+            f"cannot connect to {url}: {failure.detail}; is the server running and the "
+            "endpoint right?",
+            url=url,
+            request_id=request_id,
+            failure=failure,
+        )
+    if failure.kind == "timeout":
+        return ConnectError(
+            f"no answer from {url} within {open_timeout:g} s (open_timeout)",
+            url=url,
+            request_id=request_id,
+            failure=failure,
+        )
+    return ConnectError(
+        f"cannot open a WebSocket to {url}: {failure.detail}",
+        url=url,
+        request_id=request_id,
+        failure=failure,
+    )
 
 
-def _handshake_error(
-    target: _Target, status: int, headers: Mapping[str, str], request_id: str
-) -> HandshakeError:
+def _handshake_error(target: _Target, failure: HandshakeFailure) -> HandshakeError:
+    status = failure.status or 0
+    headers = dict(failure.headers)
+    request_id = failure.request_id
     trace = f" ({REQUEST_ID_HEADER}: {request_id})"
     kw: dict[str, Any] = {
         "url": target.url,
         "status": status,
         "headers": headers,
         "request_id": request_id,
+        "failure": failure,
     }
     who = target.endpoint
     if status in (401, 403):
@@ -416,7 +450,7 @@ def _handshake_error(
             )
         return DeploymentNotFound(msg + trace, **kw)
     if status == 429:
-        retry = _retry_after(headers)
+        retry = failure.retry_after
         when = f"retry after {retry:.0f} s" if retry is not None else "retry later"
         msg = f"rate limited by {who} (HTTP 429): {when}, or raise the deployment's quota"
         return RateLimited(msg + trace, retry_after=retry, **kw)
@@ -441,16 +475,8 @@ def _handshake_error(
 # Responses
 
 
-@dataclass
-class FunctionCall:
-    """A function call the model made, with the output sent back (when the client ran it)."""
-
-    call_id: str
-    name: str
-    arguments: str
-    item_id: str | None = None
-    response_id: str | None = None
-    output: str | None = None
+FunctionCall = ToolCall
+"""A function call the model made, with the output sent back (when the client ran it)."""
 
 
 @dataclass
@@ -741,6 +767,7 @@ class RealtimeClient:
         max_queue: int | None = 10_000,
         observer: Observer | None = None,
         auto_reconnect: bool = False,
+        tool_timeout: float | None = 60.0,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
@@ -781,8 +808,9 @@ class RealtimeClient:
         self._dropped_warned = False
         self._streams: dict[str, ResponseStream] = {}
         self._stream_waiters: list[asyncio.Future[ResponseStream]] = []
-        self._calls: dict[str, list[tuple[FunctionCall, asyncio.Task[str]]]] = {}
-        self._seen_calls: set[str] = set()
+        self.tool_timeout = tool_timeout
+        self._tool_turn = ToolTurn(lambda name: self.auto_tools and name in self.tools)
+        self._tool_streams: dict[str, ResponseStream] = {}
         self._tool_tasks: set[asyncio.Task[Any]] = set()
         self._transcripts: dict[str, str] = {}
         self._audio_in = _AudioInput()
@@ -791,6 +819,7 @@ class RealtimeClient:
         self._reconnecting = False
         self._auto_task: asyncio.Task[None] | None = None
         self._connections = 0
+        self._restoring: tuple[Restore, asyncio.Future[None]] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -826,55 +855,18 @@ class RealtimeClient:
             "connecting to %s (%s, %s=%s)", target.url, self.dialect, REQUEST_ID_HEADER, request_id
         )
         try:
-            ws = await asyncio.wait_for(
-                self._http.ws_connect(
-                    target.url,
-                    headers=headers,
-                    max_msg_size=self.max_message_bytes,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout),
-                    autoclose=True,
-                    autoping=True,
-                    heartbeat=None,
-                ),
-                timeout=self.open_timeout,
+            ws = await open_websocket(
+                self._http,
+                target.url,
+                headers=headers,
+                request_id=request_id,
+                open_timeout=self.open_timeout,
+                close_timeout=self.close_timeout,
+                max_message_bytes=self.max_message_bytes,
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            resp_headers = {k: v for k, v in (exc.headers or {}).items()}
-            raise _handshake_error(target, exc.status, resp_headers, request_id) from None
-        except aiohttp.ClientConnectorDNSError as exc:
-            host = urlsplit(target.url).hostname
-            raise ConnectError(
-                f"cannot resolve host {host!r} of {target.url}: check AZURE_OPENAI_ENDPOINT "
-                f"(e.g. https://my-resource.openai.azure.com) ({exc.os_error})",
-                url=target.url,
-                request_id=request_id,
-            ) from exc
-        except aiohttp.ClientSSLError as exc:
-            raise ConnectError(
-                f"TLS failed for {target.url}: {exc}; check the endpoint (https vs http)",
-                url=target.url,
-                request_id=request_id,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectError(
-                f"cannot connect to {target.url}: {exc.os_error.strerror or exc.os_error}; "
-                "is the server running and the endpoint right?",
-                url=target.url,
-                request_id=request_id,
-            ) from exc
-        except asyncio.TimeoutError:
-            raise ConnectError(
-                f"no answer from {target.url} within {self.open_timeout:g} s (open_timeout)",
-                url=target.url,
-                request_id=request_id,
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise ConnectError(
-                f"cannot open a WebSocket to {target.url}: {type(exc).__name__}: {exc}",
-                url=target.url,
-                request_id=request_id,
-            ) from exc
-        self._ws = cast(aiohttp.ClientWebSocketResponse, ws)
+        except HandshakeFailed as exc:
+            raise _connect_error(target, exc.failure, self.open_timeout) from exc.__cause__
+        self._ws = ws
         self._closed = False
         self.close_code = None
         self.close_reason = ""
@@ -1038,8 +1030,8 @@ class RealtimeClient:
         self.conversation = Conversation()
         self._audio_in.reset()
         self._transcripts.clear()
-        self._seen_calls.clear()
-        self._calls.clear()
+        self._tool_turn.reset()
+        self._tool_streams.clear()
         await self._open()
         config = self._sent_config
         self._sent_config = None
@@ -1050,29 +1042,29 @@ class RealtimeClient:
         return await self._restore_items(items)
 
     async def _restore_items(self, items: list[dict[str, Any]]) -> int:
-        """Create ``items`` in order (sent back to back), then wait for every acknowledgement;
-        returns how many were accepted (a refused one is logged)."""
-        futures: list[asyncio.Future[Any]] = []
-        for item in items:
-            data = dict(item)
-            item_id = data.get("id") or f"item_{self._id_prefix}{secrets.token_hex(8)}"
-            data["id"] = item_id
-
-            def added(e: ev.ServerEvent, item_id: str = item_id) -> bool:
-                return isinstance(e, ev.ConversationItemAdded) and e.item.id == item_id
-
-            fut = await self._send_request(
-                {"type": "conversation.item.create", "item": data}, match=added
-            )
-            assert fut is not None
-            futures.append(fut)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, ServiceError):
-                log.warning("the new session refused a restored item: %s", result)
-            elif isinstance(result, BaseException):
-                raise result
-        return sum(1 for r in results if not isinstance(r, BaseException))
+        """Create ``items`` in order (sent back to back), then wait for every acknowledgement
+        (:class:`~aoai_realtime.protocol.resume.Restore`); returns how many were accepted (a
+        refused one is logged)."""
+        restore = Restore(
+            None,
+            items,
+            self._new_event_id,
+            lambda: f"item_{self._id_prefix}{secrets.token_hex(8)}",
+        )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._restoring = (restore, done)
+        try:
+            for event in restore.events:
+                await self._send_wire(event)
+            if not restore.done:
+                await asyncio.wait_for(asyncio.shield(done), self.ack_timeout)
+        finally:
+            self._restoring = None
+        for error in restore.refused:
+            log.warning("the new session refused a restored item: %s", error.get("message"))
+        if restore.ended is not None:
+            raise ConnectionClosed("the new session expired while the conversation was restored")
+        return restore.accepted
 
     # ------------------------------------------------------------------ automatic reconnects
 
@@ -1085,16 +1077,18 @@ class RealtimeClient:
         self._auto_task = asyncio.ensure_future(self._auto_resume(cause, code, detail))
 
     async def _auto_resume(self, cause: str, code: int | None, detail: str) -> None:
-        what = (
-            "the service ended the session (session_expired)"
-            if cause == "session_expired"
-            else f"the connection closed (code {code}{': ' + detail if detail else ''})"
+        end = SessionEnd(
+            "session_expired" if cause == "session_expired" else "closed", detail, code
         )
+        what = end.describe()
         items, left_out = self._restorable(None, None)
+        policy = ResumePolicy(self.resume_budget)
+        credential = self._target.credential
+        invalidate = getattr(credential, "invalidate", None)
         last: BaseException | None = None
         try:
             while True:
-                delay = self.resume_budget.next_delay(time.monotonic())
+                delay = policy.next_attempt(time.monotonic())
                 if delay is None:
                     budget = self.resume_budget
                     await self._end_auto_resume(
@@ -1110,28 +1104,32 @@ class RealtimeClient:
                     await asyncio.sleep(delay)
                 try:
                     restored = await self._reconnect(items)
-                except (AuthenticationError, DeploymentNotFound, RateLimited, ServiceError) as exc:
-                    # never retried: the next attempt would be refused the same way
+                except ServiceError as exc:  # the new session refused to start: not retried
                     await self._end_auto_resume(
                         ConnectionClosed(f"{what}; reconnecting failed: {exc}", code=code), exc
                     )
                     return
-                except HandshakeError as exc:
-                    if exc.status < 500:
+                except ConnectError as exc:
+                    verdict = "retry"
+                    if exc.failure is not None:
+                        verdict = policy.after_failure(
+                            exc.failure, can_refresh=invalidate is not None
+                        )
+                    if verdict == "give_up":
                         await self._end_auto_resume(
                             ConnectionClosed(f"{what}; reconnecting failed: {exc}", code=code), exc
                         )
                         return
+                    if verdict == "refresh_credential" and invalidate is not None:
+                        invalidate()
                     last = exc
-                except (ConnectError, ConnectionClosed, asyncio.TimeoutError) as exc:
-                    last = exc  # the service is unreachable, or the new session ended at once
+                except (ConnectionClosed, asyncio.TimeoutError) as exc:
+                    last = exc  # the new session ended at once, or did not answer
                 else:
+                    policy.succeeded()
                     break
                 log.warning("reconnecting failed (%s); trying again", last)
-            noun = "item" if restored == 1 else "items"
-            message = (
-                f"{what}; a new session continues the conversation ({restored} {noun} restored)"
-            )
+            message = end.resumed_message(restored)
             log.info(message)
             self._queue_put(
                 SessionResumed(
@@ -1140,7 +1138,7 @@ class RealtimeClient:
                     items_restored=restored,
                     items_left_out=left_out,
                     request_id=self.request_id,
-                    message=message[:1].upper() + message[1:] + ".",
+                    message=message,
                 )
             )
         finally:
@@ -1742,6 +1740,8 @@ class RealtimeClient:
             if not fut.done():
                 fut.set_exception(error)
         self._stream_waiters.clear()
+        if self._restoring is not None and not self._restoring[1].done():
+            self._restoring[1].set_exception(error)
 
     def _observe(self, direction: Literal["send", "recv"], data: Any) -> None:
         assert self.observer is not None
@@ -1775,6 +1775,13 @@ class RealtimeClient:
 
     def _dispatch(self, event: ev.ServerEvent) -> None:
         self.conversation.apply(event)
+        if self._restoring is not None and event.type in _RESTORE_EVENTS:
+            restore, done = self._restoring
+            restore.on_event(event.to_dict())
+            if restore.done and not done.done():
+                done.set_result(None)
+            if isinstance(event, ev.ErrorEvent) and event.error.event_id in restore.event_ids:
+                return  # a refused restore item: logged, not news to the application
 
         resume = False
         if isinstance(event, ev.ErrorEvent):
@@ -1789,7 +1796,7 @@ class RealtimeClient:
 
         # The response streams
         follow_up = False
-        if self.auto_tools and len(self.tools):
+        if self.auto_tools and len(self.tools) and event.type in TOOL_EVENTS:
             follow_up = self._on_tool_event(event)
         rid = _response_id(event)
         if rid is not None:
@@ -1868,45 +1875,24 @@ class RealtimeClient:
     # ------------------------------------------------------------------ automatic tools
 
     def _on_tool_event(self, event: ev.ServerEvent) -> bool:
-        """Start calls as their arguments complete; after ``response.done``, send outputs and
-        ask for the follow-up response. Returns True when a follow-up response will come."""
-        call: FunctionCall | None = None
-        if isinstance(event, ev.FunctionCallArgumentsDone):
-            name = event.name or (self.conversation.items.get(event.item_id) or _NoItem).name
-            call = FunctionCall(
-                call_id=event.call_id,
-                name=name or "",
-                arguments=event.arguments,
-                item_id=event.item_id,
-                response_id=event.response_id,
-            )
-        elif isinstance(event, ev.OutputItemDone) and isinstance(event.item, ev.FunctionCallItem):
-            item = event.item
-            if item.call_id and item.status in (None, "completed"):
-                call = FunctionCall(
-                    call_id=item.call_id,
-                    name=item.name,
-                    arguments=item.arguments,
-                    item_id=item.id,
-                    response_id=event.response_id,
-                )
-        elif isinstance(event, ev.ResponseDone):
-            rid = event.response.id or ""
-            calls = self._calls.pop(rid, None)
-            if not calls:
-                return False
-            stream = self._streams.get(rid)
-            status = event.response.status or "completed"
-            self._spawn(self._finish_tools(calls, status, stream))
-            return status == "completed"
-        if call is not None and call.call_id not in self._seen_calls and call.name in self.tools:
-            self._seen_calls.add(call.call_id)
-            task = self._spawn(self.tools.run(call.name, call.arguments))
-            self._calls.setdefault(call.response_id or "", []).append((call, task))
-            stream = self._streams.get(call.response_id or "")
-            if stream is not None:
-                stream.function_calls.append(call)
-        return False
+        """Feed the tool turn (:class:`~aoai_realtime.protocol.tools.ToolTurn`): run the calls it
+        starts, send what it ends with. Returns True when a follow-up response will come."""
+        effects = self._tool_turn.on_event(event.to_dict())
+        for effect in effects:
+            if isinstance(effect, RunCall):
+                call = effect.call
+                stream = self._streams.get(call.response_id or "")
+                if stream is not None:
+                    stream.function_calls.append(call)
+                    self._tool_streams[call.response_id or ""] = stream
+                self._spawn(self._run_call(call))
+            else:
+                self._spawn(self._end_tool_turn(effect))
+        if not isinstance(event, ev.ResponseDone):
+            return False
+        rid = event.response.id or ""
+        ended = any(isinstance(e, TurnEnd) and e.follow_up is not None for e in effects)
+        return ended or self._tool_turn.expects_follow_up(rid)
 
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task: asyncio.Task[T] = asyncio.ensure_future(coro)
@@ -1914,34 +1900,26 @@ class RealtimeClient:
         task.add_done_callback(self._tool_tasks.discard)
         return task
 
-    async def _finish_tools(
-        self,
-        calls: list[tuple[FunctionCall, asyncio.Task[str]]],
-        status: str,
-        stream: ResponseStream | None,
-    ) -> None:
+    async def _run_call(self, call: ToolCall) -> None:
+        output = await self.tools.run(call.name, call.arguments, timeout_s=self.tool_timeout)
+        end = self._tool_turn.completed(call.call_id, output)
+        if end is not None:
+            await self._end_tool_turn(end)
+
+    async def _end_tool_turn(self, end: TurnEnd) -> None:
+        """Send the outputs, then the follow-up ``response.create`` (its stream is the turn's)."""
+        stream = self._tool_streams.pop(end.response_id, None)
         try:
-            for call, task in calls:
-                call.output = await task
-                await self._send_wire(
-                    {
-                        "type": "conversation.item.create",
-                        "event_id": self._new_event_id(),
-                        "item": {
-                            "type": "function_call_output",
-                            "call_id": call.call_id,
-                            "output": call.output,
-                        },
-                    }
-                )
-            if status != "completed":
+            for event in end.events:
+                await self._send_wire({**event, "event_id": self._new_event_id()})
+            if end.follow_up is None:
                 # Cancelled or failed: outputs keep the conversation consistent, but the user
                 # (or the service) decides what comes next.
                 if stream is not None:
                     stream._finish()
                 return
             await self._request(
-                {"type": "response.create"},
+                end.follow_up,
                 match=lambda e: isinstance(e, ev.ResponseCreated),
                 stream=stream,
                 internal=True,
@@ -1959,13 +1937,6 @@ class RealtimeClient:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"RealtimeClient({self.url!r}, dialect={self.dialect!r}, {state})"
-
-
-class _NoItemType:
-    name: str | None = None
-
-
-_NoItem = _NoItemType()
 
 
 def _response_id(event: ev.ServerEvent) -> str | None:
@@ -2026,6 +1997,7 @@ def connect(
     max_queue: int | None = 10_000,
     observer: Observer | None = None,
     auto_reconnect: bool = False,
+    tool_timeout: float | None = 60.0,
 ) -> _Connect:
     """Open a realtime session: ``async with connect(...) as rt:`` or ``rt = await connect(...)``.
 
@@ -2047,6 +2019,8 @@ def connect(
 
     ``session`` is sent with ``session.update`` once connected, with ``tools`` (plain
     functions or :class:`Tool`) added; ``auto_tools=False`` leaves the calls to you.
+    ``tool_timeout`` bounds one call (seconds; ``None``: no bound): a call that takes longer
+    gives the model an ``{"error": ...}`` output instead.
     ``max_message_bytes`` bounds one incoming message (16 MiB; audio items exceed 1 MiB).
     ``request_id`` sets the first ``x-ms-client-request-id`` (default: a fresh UUID).
     ``close_timeout`` bounds :meth:`RealtimeClient.close`; ``ack_timeout`` bounds the wait for
@@ -2089,6 +2063,7 @@ def connect(
             max_queue=max_queue,
             observer=observer,
             auto_reconnect=auto_reconnect,
+            tool_timeout=tool_timeout,
         )
         await client._start()
         return client

@@ -12,16 +12,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from dotenv import dotenv_values
+
+from .protocol.dialect import DialectName
 
 __all__ = [
     "DEFAULT_ENV_FILES",
     "ENV_VARS",
     "ConfigError",
-    "Dialect",
+    "DialectName",
     "Endpoint",
     "Settings",
     "build_url",
@@ -29,7 +31,6 @@ __all__ = [
     "parse_endpoint",
 ]
 
-Dialect = Literal["ga", "preview"]
 """``ga``: ``/openai/v1/realtime?model=``; ``preview``: ``/openai/realtime?api-version=``."""
 
 DEFAULT_ENV_FILES = (".env", ".dev.vars")
@@ -158,7 +159,7 @@ def normalize_endpoint(url: str) -> str:
 
 
 def build_url(
-    base: str, *, dialect: Dialect, deployment: str, api_version: str | None = None
+    base: str, *, dialect: DialectName, deployment: str, api_version: str | None = None
 ) -> str:
     """The realtime WebSocket URL for any base URL.
 
@@ -294,7 +295,7 @@ class Settings:
         return (urlsplit(self.endpoint).hostname or "") if self.endpoint else ""
 
     @property
-    def dialect(self) -> Dialect:
+    def dialect(self) -> DialectName:
         """``preview`` when an api-version is set, else ``ga``."""
         return "preview" if self.api_version else "ga"
 

@@ -182,13 +182,24 @@ class Tool:
             raise ValueError(f"invalid arguments for {self.name}: {problems}") from None
         return {k: getattr(model, k) for k in type(model).model_fields}
 
-    async def run(self, arguments: str | Mapping[str, Any]) -> str:
+    async def run(
+        self, arguments: str | Mapping[str, Any], *, timeout_s: float | None = None
+    ) -> str:
         """Call the tool with the model's arguments and return the output text for the model.
 
-        Never raises for the tool's own failures: bad arguments and exceptions become a JSON
-        object ``{"error": "..."}`` (and are logged), so the model can say what went wrong.
-        Cancellation still propagates.
+        Never raises for the tool's own failures: bad arguments, exceptions and a run longer
+        than ``timeout_s`` seconds become a JSON object ``{"error": "..."}`` (and are logged),
+        so the model can say what went wrong. Cancellation still propagates.
         """
+        if timeout_s is None:
+            return await self._run(arguments)
+        try:
+            return await asyncio.wait_for(self._run(arguments), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("tool %s did not finish within %g s", self.name, timeout_s)
+            return json.dumps({"error": f"{self.name} did not finish within {timeout_s:g} s"})
+
+    async def _run(self, arguments: str | Mapping[str, Any]) -> str:
         try:
             kwargs = self.parse_arguments(arguments)
         except ValueError as exc:
@@ -296,13 +307,15 @@ class ToolRegistry:
         """Every tool's ``session.tools`` entry."""
         return [t.schema() for t in self._tools.values()]
 
-    async def run(self, name: str, arguments: str | Mapping[str, Any]) -> str:
+    async def run(
+        self, name: str, arguments: str | Mapping[str, Any], *, timeout_s: float | None = None
+    ) -> str:
         """Run a call by name; an unknown name is an error output for the model, not a crash."""
         t = self._tools.get(name)
         if t is None:
             known = ", ".join(self._tools) or "none"
             return json.dumps({"error": f"unknown tool {name!r}; available tools: {known}"})
-        return await t.run(arguments)
+        return await t.run(arguments, timeout_s=timeout_s)
 
     def __repr__(self) -> str:
         return f"ToolRegistry({list(self._tools)})"

@@ -23,13 +23,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..auth import Credential, NoCredential, credential_from_settings, new_request_id
 from ..config import ConfigError, Settings, parse_endpoint
-
-DialectName = Literal["ga", "preview"]
+from ..protocol.dialect import DialectName
 
 ENV_HELP = """\
 settings (environment, then .env, then .dev.vars in the current directory):

@@ -15,7 +15,7 @@ Events that need no change are passed through as the same object (no copy on the
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ProtocolError
 from .session import SessionConfig
@@ -26,7 +26,11 @@ class Dialect(str, enum.Enum):
     PREVIEW = "preview"
 
 
-_PREVIEW_TO_GA_TYPES = {
+DialectName = Literal["ga", "preview"]
+"""A dialect as a plain string (settings, URLs, JSON): the one declaration every part uses."""
+
+PREVIEW_SERVER_NAMES: dict[str, str] = {
+    "conversation.item.created": "conversation.item.added",
     "response.audio.delta": "response.output_audio.delta",
     "response.audio.done": "response.output_audio.done",
     "response.audio_transcript.delta": "response.output_audio_transcript.delta",
@@ -34,6 +38,11 @@ _PREVIEW_TO_GA_TYPES = {
     "response.text.delta": "response.output_text.delta",
     "response.text.done": "response.output_text.done",
 }
+"""Preview server event names -> GA names, for a consumer that only renames (the page: the
+middle tier serves this table in ``/api/config``). Events that change shape as well are
+translated by :func:`preview_to_ga_server`."""
+
+_PREVIEW_TO_GA_TYPES = {k: v for k, v in PREVIEW_SERVER_NAMES.items() if k.startswith("response.")}
 _GA_TO_PREVIEW_TYPES = {v: k for k, v in _PREVIEW_TO_GA_TYPES.items()}
 
 _PART_TO_GA = {"text": "output_text", "audio": "output_audio"}

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..channel import AiohttpChannel
+from ..protocol.dialect import PREVIEW_SERVER_NAMES
 from .errors import RelayError
 from .logs import log
 from .policy import Policy
@@ -232,6 +233,7 @@ def page_config(config: ServerConfig, upstreams: Upstreams) -> dict[str, Any]:
         "show_tool_results": policy.show_tool_results,
         "tool_results_visible": policy.show_tool_results,
         "resume": config.resume,
+        "preview_names": PREVIEW_SERVER_NAMES,
         "version": __version__,
     }
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from ..protocol.dialect import DialectName
 from ..tools import Tool
 
 __all__ = ["ALL_SETTABLE", "DEFAULT_SETTABLE", "Policy", "PolicyResult"]
@@ -58,8 +59,6 @@ _AUDIO_OUT: dict[str, str | None] = {"format": None, "voice": "voice", "speed": 
 _RESPONSE_ALLOWED = frozenset(
     {"output_modalities", "audio", "conversation", "metadata", "input", "max_output_tokens"}
 )
-
-Dialect = Literal["ga", "preview"]
 
 
 @dataclass
@@ -152,7 +151,7 @@ class Policy:
         self._add_operator_fields(session)
         return {"type": "session.update", "session": session}
 
-    def session_update(self, event: dict[str, Any], *, dialect: Dialect) -> PolicyResult:
+    def session_update(self, event: dict[str, Any], *, dialect: DialectName) -> PolicyResult:
         """The page's ``session.update``, cut to what it may set, plus the operator's fields."""
         session = event.get("session")
         if not isinstance(session, dict):
@@ -208,7 +207,7 @@ class Policy:
             return False
         return True
 
-    def response_create(self, event: dict[str, Any], *, dialect: Dialect) -> PolicyResult:
+    def response_create(self, event: dict[str, Any], *, dialect: DialectName) -> PolicyResult:
         """The page's ``response.create``: no tools, model or prompt of its own; its
         per-response instructions keep the operator's around them."""
         params = event.get("response")

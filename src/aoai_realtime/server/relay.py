@@ -41,13 +41,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..channel import Channel, ChannelClosed
 from ..protocol import dialect as _dialect
+from ..protocol.dialect import DialectName
 from ..protocol.errors import ProtocolError
 from ..protocol.restore import RESUMABLE_CLOSE_CODES
-from ..tools import Tool
+from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
 from .errors import CLOSE_POLICY, CLOSE_UPSTREAM, RelayError, error_event
 from .logs import log
 from .policy import Policy
@@ -61,8 +62,6 @@ __all__ = [
     "RelayObserver",
     "RelayStats",
 ]
-
-Dialect = Literal["ga", "preview"]
 
 
 Connector = Callable[[], Awaitable[Channel]]
@@ -193,8 +192,8 @@ class Relay:
         client: Channel,
         connect: Connector,
         *,
-        dialect: Dialect = "ga",
-        client_dialect: Dialect = "ga",
+        dialect: DialectName = "ga",
+        client_dialect: DialectName = "ga",
         policy: Policy | None = None,
         upstream_label: str = "the upstream service",
         observer: RelayObserver | None = None,
@@ -204,8 +203,8 @@ class Relay:
     ) -> None:
         self.client = client
         self.connect = connect
-        self.dialect: Dialect = dialect
-        self.client_dialect: Dialect = client_dialect
+        self.dialect: DialectName = dialect
+        self.client_dialect: DialectName = client_dialect
         self.policy = policy or Policy()
         self.upstream_label = upstream_label
         self.observer = observer
@@ -222,10 +221,8 @@ class Relay:
         self._own_event_ids: set[str] = set()
         self._initial_id: str | None = None
         self._swallow_updated = False
-        # server tools: response id -> call ids still running / response.done status
-        self._running: dict[str, set[str]] = {}
-        self._done_status: dict[str, str] = {}
-        self._server_call_ids: set[str] = set()
+        # server tools: the tool turn decides what runs and what is sent once it has
+        self._tools = ToolTurn(lambda name: self.policy.tool(name) is not None)
         self._tool_tasks: set[asyncio.Task[None]] = set()
         # resume: the conversation so far, the accepted session, the page's events held while a
         # new upstream session is set up
@@ -646,15 +643,12 @@ class Relay:
         kind = event.get("type")
         if kind == "error":
             return await self._on_error(event)
-        if kind == "response.function_call_arguments.done":
-            self._maybe_run_tool(event)
-            return True
-        if kind == "response.done":
-            response = event.get("response") or {}
-            rid = response.get("id")
-            if rid in self._running:
-                self._done_status[rid] = response.get("status") or "completed"
-                await self._maybe_continue(rid)
+        if kind in TOOL_EVENTS:
+            for effect in self._tools.on_event(event):
+                if isinstance(effect, RunCall):
+                    self._start_tool(effect.call)
+                else:
+                    await self._end_tool_turn(effect)
             return True
         if kind == "session.updated":
             self._session.answered()
@@ -668,10 +662,7 @@ class Relay:
             return True
         if kind in _OUTPUT_ITEM_EVENTS and not self.policy.show_tool_results:
             item = event.get("item") or {}
-            if (
-                item.get("type") == "function_call_output"
-                and item.get("call_id") in self._server_call_ids
-            ):
+            if item.get("type") == "function_call_output" and self._tools.ran(item.get("call_id")):
                 return False
         return True
 
@@ -772,8 +763,7 @@ class Relay:
         # the old session's loose ends: its server tools, its answers, its response in progress
         for task in list(self._tool_tasks):
             task.cancel()
-        self._running.clear()
-        self._done_status.clear()
+        self._tools.reset()
         self._swallow_updated = False
         dropped = self._session.forget_unanswered()
         if dropped:
@@ -1006,52 +996,35 @@ class Relay:
 
     # ------------------------------------------------------------------------------ server tools
 
-    def _maybe_run_tool(self, event: dict[str, Any]) -> None:
-        name = event.get("name") or ""
-        tool = self.policy.tool(name)
-        call_id = event.get("call_id")
-        if tool is None or not call_id:
-            return
-        rid = event.get("response_id") or ""
-        self._running.setdefault(rid, set()).add(call_id)
-        self._server_call_ids.add(call_id)
+    def _start_tool(self, call: ToolCall) -> None:
         self.stats.tool_calls += 1
-        task = asyncio.create_task(self._run_tool(tool, rid, call_id, event.get("arguments") or ""))
+        task = asyncio.create_task(self._run_tool(call))
         self._tool_tasks.add(task)
         task.add_done_callback(self._tool_tasks.discard)
 
-    async def _run_tool(self, tool: Tool, rid: str, call_id: str, arguments: str) -> None:
+    async def _run_tool(self, call: ToolCall) -> None:
+        tool = self.policy.tool(call.name)
+        assert tool is not None  # the tool turn runs only the policy's tools
         started = time.monotonic()
-        try:
-            output = await asyncio.wait_for(tool.run(arguments), self.policy.tool_timeout_s)
-        except asyncio.TimeoutError:
-            output = json.dumps(
-                {"error": f"{tool.name} did not finish within {self.policy.tool_timeout_s:g} s"}
-            )
+        output = await tool.run(call.arguments, timeout_s=self.policy.tool_timeout_s)
         log(
             "relay.tool",
             conn=self.conn_id,
             tool=tool.name,
-            call_id=call_id,
+            call_id=call.call_id,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        item = {"type": "function_call_output", "call_id": call_id, "output": output}
-        try:
-            await self._send_upstream({"type": "conversation.item.create", "item": item}, own=True)
-        except _UpstreamGone:
-            return  # the upstream pump reports it
-        self._running.get(rid, set()).discard(call_id)
-        await self._maybe_continue(rid)
+        end = self._tools.completed(call.call_id, output)
+        if end is not None:
+            await self._end_tool_turn(end)
 
-    async def _maybe_continue(self, rid: str) -> None:
-        """After a response whose server tool calls all have outputs: ask for the next one."""
-        if self._running.get(rid) or rid not in self._done_status:
-            return
-        status = self._done_status.pop(rid)
-        self._running.pop(rid, None)
-        if status == "completed" and not self._closing:
-            with contextlib.suppress(_UpstreamGone):
-                await self._send_upstream({"type": "response.create"}, own=True)
+    async def _end_tool_turn(self, end: TurnEnd) -> None:
+        """The outputs of a done response's server tools, then its follow-up response."""
+        with contextlib.suppress(_UpstreamGone):  # the upstream pump reports it
+            for event in end.events:
+                await self._send_upstream(event, own=True)
+            if end.follow_up is not None and not self._closing:
+                await self._send_upstream(end.follow_up, own=True)
 
 
 def _cap(text: str) -> str:

@@ -35,16 +35,16 @@ from ..auth import (
     describe,
     new_request_id,
 )
-from ..config import ConfigError, Settings, build_url, parse_endpoint
-from ..protocol.session import GA_VOICES, PREVIEW_VOICES
 from ..channel import AiohttpChannel
+from ..config import ConfigError, Settings, build_url, parse_endpoint
+from ..protocol.dialect import DialectName
+from ..protocol.session import GA_VOICES, PREVIEW_VOICES
 from .errors import CLOSE_POLICY, RelayError, handshake_error
 from .local import LocalEngine
 from .logs import log
 
 __all__ = ["Upstream", "Upstreams", "is_loopback_host"]
 
-Dialect = Literal["ga", "preview"]
 _DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AZURE_OPENAI_SUFFIX = ".openai.azure.com"
 LOCAL_DEPLOYMENT = "gpt-realtime"
@@ -74,7 +74,7 @@ class Upstream:
     base: str | None
     """Base URL (``https://RES.openai.azure.com``); ``None`` for the in-process engine."""
     deployment: str
-    dialect: Dialect
+    dialect: DialectName
     api_version: str | None = None
     credential: Credential = field(default_factory=NoCredential, repr=False, compare=False)
     credential_hint: str = "check the server's credentials"

@@ -382,6 +382,7 @@ async function start() {
       onEvent: (event) => onEvent(s, event),
       onClose: (info) => onClose(s, info),
       onSend: (event) => record("out", sentSummary(event)),
+      previewNames: (config && config.preview_names) || {},
     });
     await s.conn.open(TIMEOUT_MS);
     if (current !== s) return;

@@ -1,18 +1,9 @@
 // The page's side of the realtime protocol: the WebSocket to the middle tier and the
 // session.update it sends. No DOM, no audio: events in, events out.
 //
-// The middle tier speaks the GA dialect to the page whatever the upstream speaks; a few preview
-// names are mapped anyway so that a preview-speaking peer still renders.
-
-const PREVIEW_NAMES = {
-  "conversation.item.created": "conversation.item.added",
-  "response.audio.delta": "response.output_audio.delta",
-  "response.audio.done": "response.output_audio.done",
-  "response.audio_transcript.delta": "response.output_audio_transcript.delta",
-  "response.audio_transcript.done": "response.output_audio_transcript.done",
-  "response.text.delta": "response.output_text.delta",
-  "response.text.done": "response.output_text.done",
-};
+// The middle tier speaks the GA dialect to the page whatever the upstream speaks; preview names
+// are mapped anyway, by the table the server sends in api/config (`preview_names`, from the
+// protocol package), so that a preview-speaking peer still renders.
 
 /** ws(s):// URL of the relay, relative to the page, with the optional endpoint/deployment. */
 export function realtimeUrl({ endpoint, deployment } = {}, base = location.href) {
@@ -94,8 +85,9 @@ export function sentSummary(event) {
  *   onSend(event)            every event actually sent
  */
 export class RealtimeConnection {
-  constructor(url, { onEvent, onClose, onSend }) {
+  constructor(url, { onEvent, onClose, onSend, previewNames }) {
     this.url = url;
+    this.previewNames = previewNames || {};
     this.onEvent = onEvent;
     this.onClose = onClose;
     this.onSend = onSend || (() => {});
@@ -150,7 +142,7 @@ export class RealtimeConnection {
       return;
     }
     if (!event || typeof event.type !== "string") return;
-    const mapped = PREVIEW_NAMES[event.type];
+    const mapped = Object.hasOwn(this.previewNames, event.type) && this.previewNames[event.type];
     if (mapped) event.type = mapped;
     this.onEvent(event);
   }
