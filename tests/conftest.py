@@ -10,7 +10,12 @@ Fixtures:
 
 ``speech_stack``     the loaded ``SpeechStack`` (VAD, STT, TTS, LLM); skips if ``[local]`` is missing
 ``engine``           an engine answering with the local language model (SmolLM2)
-``scripted_engine``  an engine answering by :data:`ENGINE_SCRIPT` (deterministic, function call)
+``scripted_engine``  an engine answering by :data:`~helpers.ENGINE_SCRIPT` (deterministic,
+                     function call), with the speech stack
+``text_engine``      the same script without any speech model (``no_speech``): for tests that
+                     type their turns (protocol, errors, items, truncation, faults). Audio output
+                     is silence as long as its text; turn detection and transcription are refused.
+                     It does not load (or need) the speech stack.
 ``tts_wav``          ``tts_wav(text, voice="alloy") -> bytes``: the text spoken by the engine's
                      own voice, as raw PCM16 mono 24 kHz (no WAV header), cached per text
 ``silence``          ``silence(ms) -> bytes``: that much PCM16 24 kHz silence
@@ -18,8 +23,10 @@ Fixtures:
 
 The engine objects (:class:`~aoai_realtime.engine.server.EngineThread`) offer ``.url``
 (``ws://127.0.0.1:PORT``), ``.http_url``, ``.port``, ``.ga_url(model)`` and
-``.preview_url(deployment, api_version)``. Helpers that tests call themselves (engines and middle
-tiers of their own, Chromium pages) are in ``helpers.py``.
+``.preview_url(deployment, api_version)``, ``.sessions`` and ``.wait_sessions(n)`` (blocks until
+the engine holds ``n`` sessions; ``await .wait_sessions_async(n)`` from a coroutine). Helpers that
+tests call themselves (engines and middle tiers of their own, test clients, Chromium pages) are in
+``helpers.py``.
 """
 
 from __future__ import annotations
@@ -30,44 +37,7 @@ from typing import Any
 
 import pytest
 
-from helpers import CHROMIUM, engine_thread
-
-ENGINE_SCRIPT: dict[str, Any] = {
-    "default": "I heard you say: {user}.",
-    "rules": [
-        {
-            "note": "a function call turn: the client must offer a get_time tool",
-            "user": "what time is it",
-            "function_call": {"name": "get_time", "arguments": {"timezone": "local"}},
-        },
-        {"after_function": "get_time", "reply": "It is {output} right now."},
-        {"user": "weather", "reply": "It is sunny and warm today."},
-        {
-            "note": "a long reply, to interrupt (barge-in) or to cut short (max_output_tokens)",
-            "user": "story",
-            "reply": (
-                "Once upon a time there was a small cat who lived by the sea. "
-                "Every morning she walked along the beach to watch the boats come in. "
-                "The fishermen knew her well and always saved a little fish for her. "
-                "One day a storm came, and the boats did not come back in the evening. "
-                "The cat waited on the pier all night, looking out at the dark water. "
-                "At dawn she saw a small light far away, and then another, and another. "
-                "The boats were coming home, and the cat ran to meet them. "
-                "From that day on, the fishermen called her the keeper of the harbour."
-            ),
-        },
-        {"user": "hello", "reply": "Hello! How can I help you today?"},
-    ],
-}
-"""The script of ``scripted_engine`` (format: ``docs/scripted-brain.md``).
-
-* a user turn containing "what time is it" -> a ``get_time`` function call with
-  ``{"timezone": "local"}`` (only when the session or response offers a ``get_time`` tool);
-* the function output -> "It is {output} right now.";
-* "weather" -> "It is sunny and warm today."; "hello" -> "Hello! How can I help you today?";
-* "story" -> eight sentences (about 25 s of speech): long enough to interrupt;
-* anything else -> "I heard you say: {user}."
-"""
+from helpers import CHROMIUM, ENGINE_SCRIPT, engine_thread
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +61,12 @@ def engine(speech_stack: Any) -> Iterator[Any]:
 def scripted_engine(speech_stack: Any) -> Iterator[Any]:
     """A local engine answering by ``ENGINE_SCRIPT`` (deterministic; includes a function call)."""
     yield from engine_thread(speech_stack, brain="scripted", script=ENGINE_SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def text_engine() -> Iterator[Any]:
+    """A scripted engine (``ENGINE_SCRIPT``) without speech models: typed turns only."""
+    yield from engine_thread(None, brain="scripted", script=ENGINE_SCRIPT, no_speech=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,24 @@
-"""Helpers shared by the test modules: engines and middle tiers on loopback, Chromium pages.
+"""Helpers shared by the test modules: engines and middle tiers on loopback, test clients,
+Chromium pages.
 
 Fixtures live in ``conftest.py``; this module holds what tests call themselves (``import
 helpers``: pytest puts this folder on ``sys.path``).
 
+``ENGINE_SCRIPT``                            the script of the scripted engines (see below)
 ``engine_thread(speech_stack, **options)``  a local engine in a thread of its own, for a fixture
-                                             to ``yield from`` (closed afterwards)
+                                             to ``yield from`` (closed afterwards);
+                                             ``engine_thread(None, no_speech=True, ...)`` runs
+                                             one without any speech model
+``memory_engine(**options)``                 a speechless scripted engine in the caller's loop,
+                                             with no socket (``async with``): reach it with
+                                             :func:`open_memory`
+``connect(engine, dialect, query=, headers=)``  a :class:`Client` over a real WebSocket
+``open_memory(engine, dialect, query=, headers=)``  a :class:`Client` over an in-memory channel
+``Client``                                   a minimal realtime client: JSON events in order,
+                                             ``wait_for``/``until``/``error``/``update``...
+``audio_of(events)``, ``text_of(events, kind)``  what a list of events carried
+``wait_idle(engine)``                        wait until an ``EngineThread`` holds no session
+                                             (before counting sessions); returns 0
 ``make_server(engine, ...)``                 the middle tier in a thread of its own, in front of
                                              that engine
 ``Browser(chromium, wav)``                   Debian's Chromium through Playwright's sync API,
@@ -15,12 +29,19 @@ helpers``: pytest puts this folder on ``sys.path``).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import json
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from aoai_realtime.channel import AiohttpChannel, Channel
 from aoai_realtime.config import Settings
 from aoai_realtime.server import LocalEngine, Policy, ServerConfig, ServerThread, Upstreams
 from aoai_realtime.server.tools import demo_tools
@@ -41,6 +62,58 @@ CHROMIUM_ARGS = [
 ]
 
 
+ENGINE_SCRIPT: dict[str, Any] = {
+    "default": "I heard you say: {user}.",
+    "rules": [
+        {
+            "note": "a function call turn: the client must offer a get_time tool",
+            "user": "what time is it",
+            "function_call": {"name": "get_time", "arguments": {"timezone": "local"}},
+        },
+        {"after_function": "get_time", "reply": "It is {output} right now."},
+        {"user": "weather", "reply": "It is sunny and warm today."},
+        {
+            "note": "a long reply, to interrupt (barge-in) or to cut short (max_output_tokens)",
+            "user": "story",
+            "reply": (
+                "Once upon a time there was a small cat who lived by the sea. "
+                "Every morning she walked along the beach to watch the boats come in. "
+                "The fishermen knew her well and always saved a little fish for her. "
+                "One day a storm came, and the boats did not come back in the evening. "
+                "The cat waited on the pier all night, looking out at the dark water. "
+                "At dawn she saw a small light far away, and then another, and another. "
+                "The boats were coming home, and the cat ran to meet them. "
+                "From that day on, the fishermen called her the keeper of the harbour."
+            ),
+        },
+        {"user": "hello", "reply": "Hello! How can I help you today?"},
+    ],
+}
+"""The script of the scripted engines (format: ``docs/scripted-brain.md``).
+
+* a user turn containing "what time is it" -> a ``get_time`` function call with
+  ``{"timezone": "local"}`` (only when the session or response offers a ``get_time`` tool);
+* the function output -> "It is {output} right now.";
+* "weather" -> "It is sunny and warm today."; "hello" -> "Hello! How can I help you today?";
+* "story" -> eight sentences (about 25 s of speech): long enough to interrupt;
+* anything else -> "I heard you say: {user}."
+"""
+
+WAIT = 90.0
+"""How long a test waits for an event: generous, the machine may be busy; no test asserts speed."""
+
+GA_TO_PREVIEW = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "conversation.item.added": "conversation.item.created",
+}
+"""The GA names of server events whose preview names differ (the rest are the same)."""
+
+
 def engine_thread(speech_stack: Any, **options: Any) -> Iterator[Any]:
     """An ``EngineThread`` on a free port sharing ``speech_stack``; ``options`` are
     ``EngineConfig`` fields (``brain``, ``script``, ``api_key``...). Closed when resumed."""
@@ -51,6 +124,187 @@ def engine_thread(speech_stack: Any, **options: Any) -> Iterator[Any]:
         yield thread
     finally:
         thread.close()
+
+
+def wait_idle(engine: Any, timeout: float = 10.0) -> int:
+    """Wait until ``engine`` (an ``EngineThread``) holds no session: the previous test's sessions
+    may still be closing. Returns 0, the count to start from. Call it where no event loop runs
+    (a synchronous fixture); from a coroutine, ``await engine.wait_sessions_async(0)``."""
+    engine.wait_sessions(0, timeout)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def memory_engine(**options: Any) -> AsyncIterator[Any]:
+    """A scripted engine without speech models or socket, in the caller's event loop
+    (``options`` are ``EngineConfig`` fields; the script is :data:`ENGINE_SCRIPT` by default)."""
+    from aoai_realtime.engine import EngineConfig, start_engine
+
+    config = EngineConfig(
+        **{"port": 0, "brain": "scripted", "script": ENGINE_SCRIPT, "no_speech": True, **options}
+    )
+    engine = await start_engine(config, listen=False)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+class Client:
+    """A minimal realtime client for tests: JSON events, every one kept in order.
+
+    It works on any :class:`~aoai_realtime.channel.Channel`; over a WebSocket, ``ws`` is the
+    aiohttp WebSocket too (for raw frames), over an in-memory channel it is ``None``.
+    """
+
+    def __init__(self, channel: Channel, dialect: str, ws: Any = None) -> None:
+        self.channel = channel
+        self.ws = ws
+        self.dialect = dialect
+        self.events: list[dict[str, Any]] = []
+
+    def t(self, ga_type: str) -> str:
+        """An event type in this connection's dialect."""
+        return GA_TO_PREVIEW.get(ga_type, ga_type) if self.dialect == "preview" else ga_type
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.channel.send(json.dumps(event))
+
+    async def send_raw(self, text: str) -> None:
+        await self.channel.send(text)
+
+    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        text = await asyncio.wait_for(self.channel.receive(), timeout)
+        if text is None:
+            raise ConnectionError(
+                f"closed ({self.channel.close_code}) while an event was awaited; "
+                f"last: {self.events[-3:]}"
+            )
+        event: dict[str, Any] = json.loads(text)
+        assert event.get("event_id", "").startswith("event_"), event
+        self.events.append(event)
+        return event
+
+    async def closed(self, timeout: float = WAIT) -> int | None:
+        """Receive (and keep) events until the peer closes; returns its close code."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"not closed within {timeout} s; last: {self.events[-3:]}")
+            text = await asyncio.wait_for(self.channel.receive(), left)
+            if text is None:
+                return self.channel.close_code
+            self.events.append(json.loads(text))
+
+    async def wait_for(
+        self,
+        ga_type: str,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = WAIT,
+    ) -> dict[str, Any]:
+        """Receive until an event of this (GA-named) type arrives; return it."""
+        kind = self.t(ga_type)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no {kind} within {timeout} s; last: {self.events[-3:]}")
+            event = await self.recv(timeout=left)
+            if event["type"] == kind and (where is None or where(event)):
+                return event
+
+    async def until(self, ga_type: str, timeout: float = WAIT) -> list[dict[str, Any]]:
+        """Every event received up to and including the next one of this type."""
+        start = len(self.events)
+        await self.wait_for(ga_type, timeout=timeout)
+        return self.events[start:]
+
+    async def error(self) -> dict[str, Any]:
+        event = await self.wait_for("error")
+        error: dict[str, Any] = event["error"]
+        return error
+
+    async def append(self, pcm: bytes, chunk_ms: int = 40, encode: Any = None) -> None:
+        """Send audio as ``input_audio_buffer.append`` chunks (faster than real time)."""
+        step = 48 * chunk_ms
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step]
+            data = encode(chunk) if encode else chunk
+            audio = base64.b64encode(data).decode("ascii")
+            await self.send({"type": "input_audio_buffer.append", "audio": audio})
+
+    async def update(self, **session: Any) -> dict[str, Any]:
+        if self.dialect == "ga":
+            session.setdefault("type", "realtime")
+        await self.send({"type": "session.update", "session": session})
+        return await self.wait_for("session.updated")
+
+    async def say_text(self, text: str) -> None:
+        await self.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    engine: Any, dialect: str = "ga", *, query: str = "", headers: dict[str, str] | None = None
+) -> AsyncIterator[Client]:
+    """A :class:`Client` of ``engine`` over a real WebSocket, past ``session.created``."""
+    url = engine.ga_url() if dialect == "ga" else engine.preview_url()
+    if query:
+        url += "&" + query
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, headers=headers, max_msg_size=64 * 2**20) as ws,
+    ):
+        client = Client(AiohttpChannel(ws), dialect, ws)
+        await client.wait_for("session.created")
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def open_memory(
+    engine: Any,
+    dialect: str = "ga",
+    *,
+    query: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[Client]:
+    """A :class:`Client` of a ``RunningEngine`` in this loop over an in-memory channel
+    (:meth:`~aoai_realtime.engine.server.RunningEngine.open_channel`), past ``session.created``."""
+    if dialect == "ga":
+        path, base = "/openai/v1/realtime", {"model": "gpt-realtime"}
+    else:
+        path, base = "/openai/realtime", {"api-version": "2025-04-01-preview", "deployment": "d"}
+    channel = await engine.open_channel(path, {**base, **(query or {})}, headers or {})
+    try:
+        client = Client(channel, dialect)
+        await client.wait_for("session.created")
+        yield client
+    finally:
+        await channel.close()
+
+
+def audio_of(events: list[dict[str, Any]], kind: str = "response.output_audio.delta") -> bytes:
+    """The audio of every ``kind`` delta in ``events`` (either dialect's name)."""
+    names = (kind, GA_TO_PREVIEW.get(kind, kind))
+    return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] in names)
+
+
+def text_of(events: list[dict[str, Any]], kind: str) -> str:
+    """The text of every ``kind`` delta in ``events`` (either dialect's name)."""
+    names = (kind, GA_TO_PREVIEW.get(kind, kind))
+    return "".join(e["delta"] for e in events if e["type"] in names)
 
 
 def make_server(

@@ -1,12 +1,14 @@
-"""The local engine over real WebSockets, in both dialects, with speech made by its own voice."""
+"""The local engine over real WebSockets and in-memory channels, in both dialects.
+
+Tests that type their turns use ``text_engine`` (no speech models); tests of hearing and
+speaking use ``scripted_engine`` or ``engine`` with speech made by the engine's own voice.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -19,131 +21,24 @@ from aoai_realtime.audio import (
     rms_dbfs,
     ulaw_encode,
 )
-from aoai_realtime.engine import EngineConfig, EngineThread, Faults, FaultSpecError
+from aoai_realtime.engine import (
+    EngineConfig,
+    EngineRefusal,
+    EngineThread,
+    Faults,
+    FaultSpecError,
+    start_engine,
+)
+from aoai_realtime.engine import server as engine_server
+from aoai_realtime.engine.generation import SILENT_MS_PER_CHAR
+from helpers import ENGINE_SCRIPT, WAIT, audio_of, connect, memory_engine, open_memory, text_of
 
-GA_TO_PREVIEW = {
-    "response.output_audio.delta": "response.audio.delta",
-    "response.output_audio.done": "response.audio.done",
-    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
-    "response.output_audio_transcript.done": "response.audio_transcript.done",
-    "response.output_text.delta": "response.text.delta",
-    "response.output_text.done": "response.text.done",
-    "conversation.item.added": "conversation.item.created",
-}
 GET_TIME_TOOL = {
     "type": "function",
     "name": "get_time",
     "description": "The current time.",
     "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
 }
-WAIT = 90.0  # generous: the machine may be busy; nothing here asserts speed
-
-
-class Client:
-    """A minimal realtime client for tests: JSON frames, every event kept in order."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, dialect: str) -> None:
-        self.ws = ws
-        self.dialect = dialect
-        self.events: list[dict[str, Any]] = []
-
-    def t(self, ga_type: str) -> str:
-        """An event type in this connection's dialect."""
-        return GA_TO_PREVIEW.get(ga_type, ga_type) if self.dialect == "preview" else ga_type
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(event))
-
-    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=timeout)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            raise ConnectionError(f"expected an event, got {msg.type} {msg.data!r}")
-        event: dict[str, Any] = json.loads(msg.data)
-        assert event.get("event_id", "").startswith("event_"), event
-        self.events.append(event)
-        return event
-
-    async def wait_for(
-        self,
-        ga_type: str,
-        where: Callable[[dict[str, Any]], bool] | None = None,
-        timeout: float = WAIT,
-    ) -> dict[str, Any]:
-        """Receive until an event of this (GA-named) type arrives; return it."""
-        kind = self.t(ga_type)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise TimeoutError(f"no {kind} within {timeout} s; last: {self.events[-3:]}")
-            event = await self.recv(timeout=left)
-            if event["type"] == kind and (where is None or where(event)):
-                return event
-
-    async def until(self, ga_type: str, timeout: float = WAIT) -> list[dict[str, Any]]:
-        """Every event received up to and including the next one of this type."""
-        start = len(self.events)
-        await self.wait_for(ga_type, timeout=timeout)
-        return self.events[start:]
-
-    async def error(self) -> dict[str, Any]:
-        event = await self.wait_for("error")
-        error: dict[str, Any] = event["error"]
-        return error
-
-    async def append(self, pcm: bytes, chunk_ms: int = 40, encode: Any = None) -> None:
-        """Send audio as ``input_audio_buffer.append`` chunks (faster than real time)."""
-        step = 48 * chunk_ms
-        for i in range(0, len(pcm), step):
-            chunk = pcm[i : i + step]
-            data = encode(chunk) if encode else chunk
-            await self.send({"type": "input_audio_buffer.append", "audio": b64encode_audio(data)})
-
-    async def update(self, **session: Any) -> dict[str, Any]:
-        if self.dialect == "ga":
-            session.setdefault("type", "realtime")
-        await self.send({"type": "session.update", "session": session})
-        return await self.wait_for("session.updated")
-
-    async def say_text(self, text: str) -> None:
-        await self.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
-
-
-@contextlib.asynccontextmanager
-async def connect(
-    engine: Any, dialect: str = "ga", *, query: str = "", headers: dict[str, str] | None = None
-) -> AsyncIterator[Client]:
-    url = engine.ga_url() if dialect == "ga" else engine.preview_url()
-    if query:
-        url += "&" + query
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(url, headers=headers, max_msg_size=64 * 2**20) as ws,
-    ):
-        client = Client(ws, dialect)
-        await client.wait_for("session.created")
-        yield client
-
-
-def audio_of(events: list[dict[str, Any]], kind: str = "response.output_audio.delta") -> bytes:
-    names = (kind, GA_TO_PREVIEW.get(kind, kind))
-    return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] in names)
-
-
-def text_of(events: list[dict[str, Any]], kind: str) -> str:
-    names = (kind, GA_TO_PREVIEW.get(kind, kind))
-    return "".join(e["delta"] for e in events if e["type"] in names)
-
-
 DIALECTS = pytest.mark.parametrize("dialect", ["ga", "preview"])
 
 
@@ -190,18 +85,19 @@ async def test_session_created_shows_the_dialects_defaults(
         assert td["create_response"] is True and td["interrupt_response"] is True
 
 
-async def test_healthz(scripted_engine: Any) -> None:
+async def test_healthz(text_engine: Any) -> None:
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{scripted_engine.http_url}/healthz") as resp,
+        http.get(f"{text_engine.http_url}/healthz") as resp,
     ):
         assert resp.status == 200
         body = await resp.json()
     assert body["status"] == "ok" and body["brain"] == "scripted"
+    assert body["speech"] is False  # the text engine runs without its speech models
 
 
-async def test_wrong_endpoints_are_explained(scripted_engine: Any) -> None:
-    base = scripted_engine.http_url
+async def test_wrong_endpoints_are_explained(text_engine: Any) -> None:
+    base = text_engine.http_url
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/openai/v1/realtime") as resp:
             assert resp.status == 400
@@ -424,8 +320,8 @@ async def test_cleared_audio_is_taken_off_the_timeline(
 # ------------------------------------------------------------------------------ items
 
 
-async def test_items_create_retrieve_delete_and_previous_item_id(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_items_create_retrieve_delete_and_previous_item_id(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.say_text("first")
         first = (await rt.wait_for("conversation.item.added"))["item"]
         await rt.send(
@@ -472,8 +368,8 @@ async def test_items_create_retrieve_delete_and_previous_item_id(scripted_engine
         assert (await rt.error())["param"] == "previous_item_id"
 
 
-async def test_truncation_follows_the_services_rules(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_truncation_follows_the_services_rules(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.say_text("Tell me a story, please.")
         user = (await rt.wait_for("conversation.item.added"))["item"]
         await rt.send({"type": "response.create", "response": {"max_output_tokens": 30}})
@@ -536,8 +432,8 @@ async def test_truncation_follows_the_services_rules(scripted_engine: Any) -> No
 # ------------------------------------------------------------------------------ responses
 
 
-async def test_function_call_round_trip(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_function_call_round_trip(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.update(tools=[GET_TIME_TOOL], output_modalities=["text"])
         await rt.say_text("Hi! What time is it?")
         await rt.send({"type": "response.create"})
@@ -596,8 +492,8 @@ async def test_spoken_function_call_in_the_preview_dialect(
         )
 
 
-async def test_response_event_sequence_is_the_services(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_response_event_sequence_is_the_services(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.say_text("hello")
         await rt.send({"type": "response.create", "response": {"metadata": {"turn": "1"}}})
         events = await rt.until("response.done")
@@ -627,8 +523,8 @@ async def test_response_event_sequence_is_the_services(scripted_engine: Any) -> 
 
 
 @DIALECTS
-async def test_text_modality(scripted_engine: Any, dialect: str) -> None:
-    async with connect(scripted_engine, dialect) as rt:
+async def test_text_modality(text_engine: Any, dialect: str) -> None:
+    async with connect(text_engine, dialect) as rt:
         if dialect == "ga":
             await rt.update(output_modalities=["text"])
         else:
@@ -642,8 +538,8 @@ async def test_text_modality(scripted_engine: Any, dialect: str) -> None:
         assert done["text"] == "It is sunny and warm today."
 
 
-async def test_max_output_tokens_gives_incomplete(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_max_output_tokens_gives_incomplete(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.update(output_modalities=["text"])
         await rt.say_text("Tell me a story.")
         await rt.send({"type": "response.create", "response": {"max_output_tokens": 5}})
@@ -656,8 +552,8 @@ async def test_max_output_tokens_gives_incomplete(scripted_engine: Any) -> None:
         assert response["output"][0]["status"] == "incomplete"
 
 
-async def test_out_of_band_response_stays_out_of_the_conversation(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_out_of_band_response_stays_out_of_the_conversation(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.send(
             {
                 "type": "response.create",
@@ -775,8 +671,8 @@ async def test_response_input_can_reference_existing_items(
         assert retrieved["item"]["id"] == "item_spoken_weather"
 
 
-async def test_one_response_at_a_time_and_cancel(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_one_response_at_a_time_and_cancel(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.send({"type": "response.cancel", "event_id": "evt_c1"})
         error = await rt.error()
         assert error["code"] == "response_cancel_not_active" and error["event_id"] == "evt_c1"
@@ -829,8 +725,8 @@ async def test_voice_and_g711_in_and_out(
         assert response["audio"]["output"]["voice"] == "marin"
 
 
-async def test_two_sessions_do_not_disturb_each_other(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as a, connect(scripted_engine, "preview") as b:
+async def test_two_sessions_do_not_disturb_each_other(text_engine: Any) -> None:
+    async with connect(text_engine) as a, connect(text_engine, "preview") as b:
         await a.update(output_modalities=["text"])
         await b.update(modalities=["text"])
         await a.say_text("How is the weather?")
@@ -953,9 +849,9 @@ BAD_GA: list[tuple[str, str, str | None]] = [
 
 
 async def test_every_kind_of_bad_input_gets_an_error_and_the_session_goes_on(
-    scripted_engine: Any,
+    text_engine: Any,
 ) -> None:
-    async with connect(scripted_engine) as rt:
+    async with connect(text_engine) as rt:
         for frame, code, param in BAD_GA:
             await rt.ws.send_str(frame)
             error = await rt.error()
@@ -973,8 +869,8 @@ async def test_every_kind_of_bad_input_gets_an_error_and_the_session_goes_on(
         assert not rt.ws.closed
 
 
-async def test_preview_refuses_ga_shapes(scripted_engine: Any) -> None:
-    async with connect(scripted_engine, "preview") as rt:
+async def test_preview_refuses_ga_shapes(text_engine: Any) -> None:
+    async with connect(text_engine, "preview") as rt:
         await rt.send(
             {"type": "session.update", "session": {"type": "realtime"}, "event_id": "evt_p1"}
         )
@@ -994,8 +890,8 @@ async def test_preview_refuses_ga_shapes(scripted_engine: Any) -> None:
         assert updated["session"]["turn_detection"] == {"type": "none"}
 
 
-async def test_voice_cannot_change_once_assistant_audio_exists(scripted_engine: Any) -> None:
-    async with connect(scripted_engine) as rt:
+async def test_voice_cannot_change_once_assistant_audio_exists(text_engine: Any) -> None:
+    async with connect(text_engine) as rt:
         await rt.update(audio={"output": {"voice": "coral"}})
         await rt.say_text("hello")
         await rt.send({"type": "response.create"})
@@ -1014,10 +910,10 @@ async def test_voice_cannot_change_once_assistant_audio_exists(scripted_engine: 
 
 
 @pytest.fixture(scope="module")
-def keyed_engine(speech_stack: Any) -> Any:
+def keyed_engine() -> Iterator[Any]:
     with EngineThread(
         EngineConfig(
-            port=0, speech=speech_stack, brain="scripted", script={"rules": []}, api_key="s3cret"
+            port=0, no_speech=True, brain="scripted", script={"rules": []}, api_key="s3cret"
         )
     ) as thread:
         yield thread
@@ -1063,8 +959,8 @@ def test_fault_specs_parse_and_refuse_nonsense() -> None:
             Faults.parse(bad)
 
 
-async def test_fault_close_after_n_events(scripted_engine: Any) -> None:
-    url = scripted_engine.ga_url() + "&fault=close:4001:after=2"
+async def test_fault_close_after_n_events(text_engine: Any) -> None:
+    url = text_engine.ga_url() + "&fault=close:4001:after=2"
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
         first = await ws.receive(timeout=WAIT)
         assert json.loads(first.data)["type"] == "session.created"
@@ -1076,8 +972,8 @@ async def test_fault_close_after_n_events(scripted_engine: Any) -> None:
         assert ws.close_code == 4001
 
 
-async def test_fault_server_error_fails_the_response(scripted_engine: Any) -> None:
-    async with connect(scripted_engine, query="fault=server_error") as rt:
+async def test_fault_server_error_fails_the_response(text_engine: Any) -> None:
+    async with connect(text_engine, query="fault=server_error") as rt:
         await rt.say_text("hello")
         await rt.send({"type": "response.create"})
         error = await rt.error()
@@ -1091,8 +987,8 @@ async def test_fault_server_error_fails_the_response(scripted_engine: Any) -> No
         assert done["response"]["status"] == "completed"
 
 
-async def test_fault_expire_sends_session_expired_then_closes(scripted_engine: Any) -> None:
-    async with connect(scripted_engine, query="fault=expire:0.3") as rt:
+async def test_fault_expire_sends_session_expired_then_closes(text_engine: Any) -> None:
+    async with connect(text_engine, query="fault=expire:0.3") as rt:
         error = await rt.error()
         assert error["code"] == "session_expired"
         closing = await rt.ws.receive(timeout=WAIT)
@@ -1100,17 +996,17 @@ async def test_fault_expire_sends_session_expired_then_closes(scripted_engine: A
 
 
 @pytest.mark.parametrize("status", [401, 429])
-async def test_fault_refuses_the_handshake(scripted_engine: Any, status: int) -> None:
-    assert await _handshake(scripted_engine.ga_url() + f"&fault=refuse:{status}") == status
+async def test_fault_refuses_the_handshake(text_engine: Any, status: int) -> None:
+    assert await _handshake(text_engine.ga_url() + f"&fault=refuse:{status}") == status
 
 
-async def test_fault_spec_errors_are_refused_at_the_handshake(scripted_engine: Any) -> None:
-    assert await _handshake(scripted_engine.ga_url() + "&fault=explode") == 400
+async def test_fault_spec_errors_are_refused_at_the_handshake(text_engine: Any) -> None:
+    assert await _handshake(text_engine.ga_url() + "&fault=explode") == 400
 
 
-async def test_fault_delay_audio_holds_back_the_first_audio(scripted_engine: Any) -> None:
+async def test_fault_delay_audio_holds_back_the_first_audio(text_engine: Any) -> None:
     loop = asyncio.get_running_loop()
-    async with connect(scripted_engine, query="fault=delay_audio:700") as rt:
+    async with connect(text_engine, query="fault=delay_audio:700") as rt:
         await rt.say_text("hello")
         await rt.send({"type": "response.create"})
         await rt.wait_for("response.content_part.added")
@@ -1118,3 +1014,244 @@ async def test_fault_delay_audio_holds_back_the_first_audio(scripted_engine: Any
         await rt.wait_for("response.output_audio.delta")
         # A lower bound only: the fault must hold the audio back at least this long.
         assert loop.time() - before >= 0.6
+
+
+# ------------------------------------------------------------------------------ in memory
+
+
+@DIALECTS
+async def test_a_session_over_an_in_memory_channel(dialect: str) -> None:
+    async with memory_engine() as engine, open_memory(engine, dialect) as rt:
+        created = rt.events[0]
+        assert created["type"] == "session.created"
+        assert created["session"]["id"].startswith("sess_")
+        assert engine.sessions == 1
+        if dialect == "ga":
+            await rt.update(output_modalities=["text"])
+        else:
+            assert (await rt.recv())["type"] == "conversation.created"
+            await rt.update(modalities=["text"])
+        await rt.say_text("hello")
+        await rt.send({"type": "response.create"})
+        events = await rt.until("response.done")
+        assert text_of(events, "response.output_text.delta") == "Hello! How can I help you today?"
+        assert events[-1]["response"]["status"] == "completed"
+        assert (await rt.recv())["type"] == "rate_limits.updated"
+
+
+async def test_the_close_fault_reaches_the_channels_close_code() -> None:
+    async with (
+        memory_engine() as engine,
+        open_memory(engine, query={"fault": "close:4001:after=2"}) as rt,
+    ):
+        await rt.send({"type": "input_audio_buffer.clear"})
+        assert (await rt.recv())["type"] == "input_audio_buffer.cleared"
+        assert await rt.closed() == 4001
+        await engine.wait_sessions(0)  # the engine ended the session as well
+
+
+async def test_the_expire_fault_over_an_in_memory_channel() -> None:
+    async with memory_engine() as engine, open_memory(engine, query={"fault": "expire:0.3"}) as rt:
+        error = await rt.error()
+        assert error["code"] == "session_expired"
+        assert await rt.closed() == 1000
+
+
+async def test_engine_wide_faults_and_delay_audio_over_an_in_memory_channel() -> None:
+    loop = asyncio.get_running_loop()
+    async with (
+        memory_engine(faults=Faults.parse("server_error")) as engine,
+        open_memory(engine, query={"fault": ["delay_audio:700"]}) as rt,
+    ):
+        await rt.say_text("hello")
+        await rt.send({"type": "response.create"})
+        done = await rt.wait_for("response.done")
+        assert done["response"]["status"] == "failed"  # the engine's fault: the first fails
+        await rt.send({"type": "response.create"})
+        await rt.wait_for("response.content_part.added")
+        before = loop.time()
+        await rt.wait_for("response.output_audio.delta")
+        assert loop.time() - before >= 0.6  # a lower bound only: the fault holds the audio back
+
+
+async def test_refusals_raise_engine_refusal_with_the_http_answer() -> None:
+    async with memory_engine(api_key="s3cret") as engine:
+        good = {"model": "m", "api-key": "s3cret"}
+        with pytest.raises(EngineRefusal) as refused:
+            await engine.open_channel("/openai/v1/realtime", {**good, "fault": "refuse:429"}, {})
+        assert refused.value.status == 429
+        assert refused.value.headers["Retry-After"] == "1"
+        assert refused.value.body["error"]["code"] == "429"
+        assert "rate limit" in refused.value.message
+        cases: list[tuple[str, dict[str, Any], dict[str, str], int, str]] = [
+            ("/openai/v1/realtime", {"api-key": "s3cret"}, {}, 400, "model"),
+            ("/openai/realtime", {"deployment": "d", "api-key": "s3cret"}, {}, 400, "api-version"),
+            ("/openai/v1/realtime", {**good, "fault": "explode"}, {}, 400, "unknown fault"),
+            ("/openai/v1/realtime", {"model": "m"}, {}, 401, "Access denied"),
+            ("/openai/v1/realtime", {"model": "m"}, {"API-Key": "wrong"}, 401, "Access denied"),
+            ("/nowhere", good, {}, 404, "/openai/v1/realtime"),
+        ]
+        for path, query, headers, status, words in cases:
+            with pytest.raises(EngineRefusal) as refused:
+                await engine.open_channel(path, query, headers)
+            assert (refused.value.status, words in refused.value.message) == (status, True), path
+        assert engine.sessions == 0
+        # the key in a header, matched without regard to case; the query on the path is read
+        channel = await engine.open_channel(
+            "/openai/v1/realtime?model=m", {}, {"API-KEY": "s3cret"}
+        )
+        assert json.loads(await channel.receive() or "{}")["type"] == "session.created"
+        await channel.close()
+        bearer = {"Authorization": "Bearer s3cret", "OpenAI-Beta": "realtime=v1"}
+        channel = await engine.open_channel("/v1/realtime", {"model": "m"}, bearer)
+        kinds = [json.loads(await channel.receive() or "{}")["type"] for _ in range(2)]
+        assert kinds == ["session.created", "conversation.created"]  # the preview dialect
+        await channel.close()
+        await engine.wait_sessions(0)
+
+
+async def test_the_engine_counts_its_sessions_and_wakes_waiters() -> None:
+    async with memory_engine() as engine:
+        assert engine.sessions == 0
+        waiter = asyncio.create_task(engine.wait_sessions(2))
+        first = await engine.open_channel("/openai/v1/realtime", {"model": "m"}, {})
+        assert not waiter.done() and engine.sessions == 1
+        second = await engine.open_channel("/openai/v1/realtime", {"model": "m"}, {})
+        await waiter  # woken by the second connection
+        with pytest.raises(TimeoutError):
+            await engine.wait_sessions(3, timeout=0.05)
+        await first.close()
+        await engine.wait_sessions(1)
+        await second.close()
+        await engine.wait_sessions(0)
+
+
+async def test_an_engine_thread_waits_for_its_sessions(text_engine: Any) -> None:
+    await text_engine.wait_sessions_async(0)
+    async with connect(text_engine), connect(text_engine, "preview"):
+        await text_engine.wait_sessions_async(2)
+        assert text_engine.sessions == 2
+    await text_engine.wait_sessions_async(0)
+
+
+async def test_closing_the_engine_ends_its_in_memory_sessions() -> None:
+    async with memory_engine() as engine:
+        channel = await engine.open_channel("/openai/v1/realtime", {"model": "m"}, {})
+        assert json.loads(await channel.receive() or "{}")["type"] == "session.created"
+        await engine.close()
+        assert await channel.receive() is None
+        assert channel.close_code == 1001
+        assert engine.engine.tasks == set()
+
+
+# ------------------------------------------------------------------------------ without speech
+
+
+def test_no_speech_needs_a_brain_that_is_not_a_speech_model() -> None:
+    with pytest.raises(ValueError, match="scripted or chat"):
+        engine_server.create_app(EngineConfig(no_speech=True))
+    with pytest.raises(ValueError, match="choose one"):
+        engine_server.create_app(
+            EngineConfig(no_speech=True, brain="scripted", script={}, speech=object())
+        )
+
+
+async def test_no_speech_loads_no_speech_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: Any) -> Any:
+        raise AssertionError("the speech stack was loaded")
+
+    monkeypatch.setattr(engine_server, "load_speech", refuse)
+    config = EngineConfig(port=0, brain="scripted", script=ENGINE_SCRIPT, no_speech=True)
+    engine = await start_engine(config)
+    try:
+        assert engine.engine.speech is None
+        async with connect(engine) as rt:
+            await rt.say_text("hello")
+            await rt.send({"type": "response.create"})
+            events = await rt.until("response.done")
+            assert text_of(events, "response.output_audio_transcript.delta") == (
+                "Hello! How can I help you today?"
+            )
+    finally:
+        await engine.close()
+
+
+@DIALECTS
+async def test_without_speech_turn_detection_and_transcription_are_refused(
+    text_engine: Any, dialect: str
+) -> None:
+    async with connect(text_engine, dialect) as rt:
+        session = rt.events[0]["session"]
+        if dialect == "ga":
+            assert session["audio"]["input"]["turn_detection"] is None
+            vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}
+            stt = {"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+            params = ("session.audio.input.turn_detection", "session.audio.input.transcription")
+        else:
+            assert session["turn_detection"] == {"type": "none"}
+            vad = {"turn_detection": {"type": "semantic_vad"}}
+            stt = {"input_audio_transcription": {"model": "whisper-1"}}
+            params = ("session.turn_detection", "session.input_audio_transcription")
+        for update, param in zip((vad, stt), params, strict=True):
+            if dialect == "ga":
+                update = {"type": "realtime", **update}
+            await rt.send({"type": "session.update", "session": update, "event_id": "evt_u"})
+            error = await rt.error()
+            assert (error["code"], error["param"], error["event_id"]) == (
+                "speech_unavailable",
+                param,
+                "evt_u",
+            )
+            assert "without its speech models" in error["message"]
+        # what needs no model is still accepted, turn detection off included
+        if dialect == "ga":
+            updated = await rt.update(audio={"input": {"turn_detection": None}}, instructions="x")
+            assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        else:
+            updated = await rt.update(turn_detection={"type": "none"}, instructions="x")
+            assert updated["session"]["turn_detection"] == {"type": "none"}
+
+
+async def test_without_speech_input_audio_is_validated_and_committed(
+    text_engine: Any, silence: Callable[[int], bytes]
+) -> None:
+    async with connect(text_engine) as rt:
+        await rt.update(output_modalities=["text"])
+        await rt.send({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "e1"})
+        assert (await rt.error())["param"] == "audio"  # three bytes: not pcm16
+        await rt.append(silence(40))
+        await rt.send({"type": "input_audio_buffer.commit"})
+        assert (await rt.error())["code"] == "input_audio_buffer_commit_empty"
+        await rt.append(silence(300))
+        await rt.send({"type": "input_audio_buffer.commit"})
+        committed = await rt.wait_for("input_audio_buffer.committed")
+        added = await rt.wait_for("conversation.item.added")
+        assert added["item"]["id"] == committed["item_id"]
+        assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+        await rt.send({"type": "response.create"})
+        events = await rt.until("response.done")
+        assert events[-1]["response"]["status"] == "completed"  # the brain heard nothing
+        usage = events[-1]["response"]["usage"]
+        assert usage["input_token_details"]["audio_tokens"] > 0
+        assert not any(e["type"].startswith("input_audio_buffer.speech") for e in rt.events)
+        assert not any("transcription" in e["type"] for e in rt.events)
+
+
+@DIALECTS
+async def test_without_speech_audio_output_is_silence_as_long_as_its_text(
+    text_engine: Any, dialect: str
+) -> None:
+    async with connect(text_engine, dialect) as rt:
+        await rt.say_text("How is the weather?")
+        await rt.send({"type": "response.create"})
+        events = await rt.until("response.done")
+        transcript = text_of(events, "response.output_audio_transcript.delta")
+        assert transcript == "It is sunny and warm today."
+        audio = audio_of(events)
+        assert audio and not any(audio)  # digital silence
+        ms = len(audio) / 48
+        assert (
+            len(transcript) * SILENT_MS_PER_CHAR <= ms <= len(transcript) * SILENT_MS_PER_CHAR + 600
+        )
+        deltas = [e for e in events if e["type"] == rt.t("response.output_audio.delta")]
+        assert len(deltas) > 5  # in ~100 ms deltas, as speech is

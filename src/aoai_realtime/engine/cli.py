@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brain-key", default=os.environ.get("BRAIN_API_KEY"), help="its API key")
     p.add_argument("--brain-model", help="the model name to send (for servers that need one)")
     p.add_argument(
+        "--no-speech",
+        action="store_true",
+        help="run without the speech models (no [local] extra needed; --brain scripted or "
+        "chat): typed turns only, audio output is silence as long as its text, turn "
+        "detection and transcription are refused",
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -120,13 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         print("aoai-realtime engine: --brain chat needs --brain-url URL", file=sys.stderr)
         return 2
 
-    from .speech import INSTALL_COMMAND, missing_local_extra
+    if args.no_speech and args.brain == "local":
+        print(
+            "aoai-realtime engine: --no-speech needs --brain scripted or --brain chat "
+            "(the local brain is one of the speech models)",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.no_speech:
+        from .speech import INSTALL_COMMAND, missing_local_extra
 
-    problem = missing_local_extra()
-    if problem is not None:
-        print(f"aoai-realtime engine: {problem}", file=sys.stderr)
-        print(f"Install it with:  {INSTALL_COMMAND}", file=sys.stderr)
-        return 1
+        problem = missing_local_extra()
+        if problem is not None:
+            print(f"aoai-realtime engine: {problem}", file=sys.stderr)
+            print(f"Install it with:  {INSTALL_COMMAND}", file=sys.stderr)
+            return 1
     config = EngineConfig(
         host=args.host,
         port=port,
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         allow_query_faults=not args.no_query_faults,
         max_message_bytes=int(args.max_message_mb * 2**20),
+        no_speech=args.no_speech,
     )
     try:
         return asyncio.run(_serve(config))
@@ -154,12 +170,15 @@ async def _serve(config: EngineConfig) -> int:
     def progress(message: str) -> None:
         print(f"  {message}", flush=True)
 
-    print("aoai-realtime engine: loading the speech models", flush=True)
-    try:
-        config.speech = await asyncio.to_thread(load_speech, progress)
-    except LocalExtraMissing as exc:
-        print(f"aoai-realtime engine: {exc}", file=sys.stderr)
-        return 1
+    if config.no_speech:
+        print("aoai-realtime engine: without speech models (--no-speech)", flush=True)
+    else:
+        print("aoai-realtime engine: loading the speech models", flush=True)
+        try:
+            config.speech = await asyncio.to_thread(load_speech, progress)
+        except LocalExtraMissing as exc:
+            print(f"aoai-realtime engine: {exc}", file=sys.stderr)
+            return 1
     try:
         engine = await start_engine(config)
     except (ValueError, ScriptError) as exc:

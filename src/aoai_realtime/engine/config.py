@@ -21,8 +21,11 @@ class EngineConfig:
     ``port=0`` picks a free port (read it back from ``RunningEngine.port``). ``brain`` is
     ``"local"`` (SmolLM2), ``"scripted"`` (needs ``script``), ``"chat"`` (needs ``brain_url``) or
     a ready :class:`~aoai_realtime.engine.brains.Brain` object. ``speech`` is an already loaded
-    ``SpeechStack`` to share (tests load it once); ``None`` loads it at start-up.
-    ``script`` is a path to a script file or the script itself as a dict/list.
+    ``SpeechStack`` to share (tests load it once); ``None`` loads it at start-up, unless
+    ``no_speech`` is set: then no speech model is loaded or used at all (typed turns only; audio
+    output is silence as long as its text; see ``docs/engine.md``, "Without speech"); it needs
+    a brain other than ``"local"``. ``script`` is a path to a script file or the script itself
+    as a dict/list.
     """
 
     host: str = DEFAULT_HOST
@@ -37,6 +40,7 @@ class EngineConfig:
     allow_query_faults: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     speech: Any = None
+    no_speech: bool = False
     session_max_s: float = 30 * 60.0
     rate_limit_tokens: int = 40_000
     rate_limit_requests: int = 1_000

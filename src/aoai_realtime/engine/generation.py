@@ -41,6 +41,16 @@ EARLY_PIECE_PAUSE_MS = 80
 """The synthesizer ends every piece with a sentence-final pause (about 230 ms); after a piece cut
 early, in mid-sentence, only this much of it is kept, so the seam sounds like a short breath."""
 
+SILENT_MS_PER_CHAR = 60
+SILENT_PAUSE_MS = 200
+"""Without a speech stack a piece is "spoken" as digital silence: this long per character, plus
+this pause, at speed 1 (about Piper's pace), so audio lengths, truncation and playback pacing
+behave as with real speech."""
+SILENT_SPEEDUP = 20
+"""...and made at this many times real time, in ``SILENT_CHUNK_MS`` chunks, as a synthesizer
+would: a long reply takes a moment to produce, so it can still be cancelled or interrupted."""
+SILENT_CHUNK_MS = 200
+
 _CLAUSE_BREAK = re.compile(r"[,;:\u2014]\s")
 
 
@@ -52,6 +62,14 @@ def trim_trailing_quiet(pcm16: bytes, keep_ms: int, level: int = 300) -> bytes:
         return pcm16
     end = min(samples.size, int(loud[-1]) + 1 + keep_ms * 24)
     return samples[:end].tobytes()
+
+
+def silent_speech(text: str, speed: float = 1.0, pause_ms: int = SILENT_PAUSE_MS) -> bytes:
+    """PCM16 24 kHz silence as long as ``text`` would take to say (see ``SILENT_MS_PER_CHAR``)."""
+    if not text.strip():
+        return b""
+    ms = (len(text.strip()) * SILENT_MS_PER_CHAR + pause_ms) / max(0.25, speed)
+    return bytes(2 * 24 * int(ms))
 
 
 @dataclass
@@ -247,6 +265,13 @@ class Generation:
                             spoken.audio.put_nowait(pcm)
                     if held:
                         spoken.audio.put_nowait(trim_trailing_quiet(held, EARLY_PIECE_PAUSE_MS))
+                else:  # no speech stack: silence whose length follows the text
+                    pause = EARLY_PIECE_PAUSE_MS if spoken.early else SILENT_PAUSE_MS
+                    silence = silent_speech(spoken.text, self.speed, pause)
+                    step = SILENT_CHUNK_MS * 48
+                    for i in range(0, len(silence), step):
+                        spoken.audio.put_nowait(silence[i : i + step])
+                        await asyncio.sleep(SILENT_CHUNK_MS / 1000 / SILENT_SPEEDUP)
                 log.debug(
                     "synthesized %d chars in %.0f ms",
                     len(spoken.text),

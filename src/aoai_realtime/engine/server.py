@@ -1,4 +1,4 @@
-"""The engine's HTTP and WebSocket server (aiohttp): handshake, authentication, faults, frames.
+"""The engine's HTTP and WebSocket server (aiohttp), and its in-memory entry point.
 
 Endpoints:
 
@@ -8,31 +8,48 @@ Endpoints:
 * ``GET /openai/realtime?api-version=...&deployment=NAME`` - Azure's preview path (WebSocket);
 * ``GET /healthz`` - ``{"status": "ok", ...}``.
 
-Each connection gets its own :class:`~aoai_realtime.engine.session.RealtimeSession`; they share
-the speech models and the brain. One writer task per connection sends the session's events in
-order (and applies the ``close`` / ``delay_audio`` faults); the reader hands each client frame to
-the session and answers refusals with ``error`` events, keeping the connection open.
+:meth:`RunningEngine.open_channel` opens the same session without a socket: one end of an
+in-memory :func:`~aoai_realtime.channel.memory_pair` is served here, the other is returned (the
+middle tier reaches an in-process engine this way). The handshake checks are one pure step
+(:func:`~aoai_realtime.engine.admission.admit`) for both.
+
+Each connection gets its own :class:`~aoai_realtime.engine.session.RealtimeSession` on a
+:class:`~aoai_realtime.channel.Channel`; they share the speech models and the brain. One writer
+task per connection sends the session's events in order (and applies the ``close`` /
+``delay_audio`` faults); the reader hands each client frame to the session and answers refusals
+with ``error`` events, keeping the connection open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from .._threads import LoopThread, Stop, start_site
-from ..protocol.dialect import Dialect
+from ..channel import AiohttpChannel, Channel, memory_pair
 from ..protocol.errors import ProtocolError
 from . import ids
+from .admission import (
+    GA_PATH,
+    OPENAI_PATH,
+    PREVIEW_PATH,
+    REALTIME_PATHS,
+    Admission,
+    EngineRefusal,
+    Query,
+    admit,
+    refusal,
+)
 from .brains import Brain, ChatCompletionsBrain, LocalBrain
 from .config import DEFAULT_MODEL, EngineConfig
-from .faults import Faults, FaultSpecError
 from .scripted import ScriptedBrain
 from .session import RateLimits, RealtimeSession
 from .wire import Wire
@@ -40,17 +57,89 @@ from .workers import SharedSpeech
 
 log = logging.getLogger(__name__)
 
-PREVIEW_API_VERSIONS_HINT = "2024-10-01-preview or 2025-04-01-preview"
+__all__ = [
+    "Connection",
+    "Engine",
+    "EngineRefusal",
+    "EngineThread",
+    "RunningEngine",
+    "create_app",
+    "load_speech",
+    "make_brain",
+    "start_engine",
+]
 
 
-@dataclass
 class Engine:
-    """What every connection of one engine shares."""
+    """What every connection of one engine shares, and the connections it holds."""
 
-    config: EngineConfig
-    speech: SharedSpeech | None
-    brain: Brain
-    connections: set[Connection]
+    def __init__(self, config: EngineConfig, speech: SharedSpeech | None, brain: Brain) -> None:
+        self.config = config
+        self.speech = speech
+        self.brain = brain
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        """The runs of in-memory connections (a socket's run is its aiohttp handler)."""
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ sessions
+
+    @property
+    def sessions(self) -> int:
+        return len(self.connections)
+
+    def _add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self._notify()
+
+    def _discard(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_sessions(self, count: int, timeout: float = 10.0) -> None:
+        """Return once the engine holds exactly ``count`` sessions; ``TimeoutError`` after
+        ``timeout`` seconds (woken by each connection that opens or ends, never polled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.connections) != count:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(
+                    f"the engine holds {len(self.connections)} sessions, not {count}, "
+                    f"after {timeout:g} s"
+                )
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ connections
+
+    def connection(self, channel: Channel, admission: Admission) -> Connection:
+        """A connection for an admitted handshake, counted from now until its run ends."""
+        conn = Connection(self, channel, admission)
+        self._add(conn)
+        return conn
+
+    async def serve(self, conn: Connection) -> None:
+        """Run a connection made by :meth:`connection` to its end."""
+        try:
+            await conn.run()
+        finally:
+            self._discard(conn)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Close every connection (1001: going away) and wait for the in-memory ones to end."""
+        for conn in list(self.connections):
+            await conn.shutdown()
+        tasks = list(self.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
 
 ENGINE_KEY = web.AppKey("engine", Engine)
@@ -74,7 +163,10 @@ def make_brain(config: EngineConfig, speech: SharedSpeech | None) -> Brain:
         return brain
     if choice == "local":
         if speech is None:
-            raise ValueError("the local brain needs the speech stack (the [local] extra)")
+            raise ValueError(
+                "the local brain needs the speech stack (the [local] extra); "
+                "without speech (no_speech), use the scripted or chat brain"
+            )
         return LocalBrain(speech)
     if choice == "scripted":
         if config.script is None:
@@ -91,28 +183,40 @@ def make_brain(config: EngineConfig, speech: SharedSpeech | None) -> Brain:
     raise ValueError(f"unknown brain {choice!r}: choose local, scripted or chat")
 
 
+def _speech_choice(config: EngineConfig, speech_stack: Any) -> Any:
+    """The stack given (``speech_stack`` or ``config.speech``); refuses one with ``no_speech``."""
+    stack = speech_stack if speech_stack is not None else config.speech
+    if config.no_speech and stack is not None:
+        raise ValueError("no_speech=True and a speech stack were both given: choose one")
+    if config.no_speech and config.brain == "local":
+        raise ValueError(
+            "the local brain needs the speech stack: with no_speech, use the scripted or chat brain"
+        )
+    return stack
+
+
 def create_app(config: EngineConfig, speech_stack: Any = None) -> web.Application:
     """The engine as an aiohttp application (mount it, or run it with :func:`start_engine`).
 
     ``speech_stack`` (or ``config.speech``) is a loaded ``SpeechStack``; without one the app
-    loads it when it starts.
+    loads it when it starts, unless ``config.no_speech`` (then it never loads it).
     """
+    stack = _speech_choice(config, speech_stack)
     app = web.Application(client_max_size=config.max_message_bytes)
-    stack = speech_stack if speech_stack is not None else config.speech
 
     async def on_startup(app: web.Application) -> None:
         nonlocal stack
-        if stack is None:
-            stack = await asyncio.to_thread(load_speech, None)
-        speech = SharedSpeech.for_stack(stack)
-        app[ENGINE_KEY] = Engine(config, speech, make_brain(config, speech), set())
+        speech = None
+        if not config.no_speech:
+            if stack is None:
+                stack = await asyncio.to_thread(load_speech, None)
+            speech = SharedSpeech.for_stack(stack)
+        app[ENGINE_KEY] = Engine(config, speech, make_brain(config, speech))
 
     async def on_shutdown(app: web.Application) -> None:
         engine = app.get(ENGINE_KEY)
-        if engine is None:
-            return
-        for conn in list(engine.connections):
-            await conn.shutdown()
+        if engine is not None:
+            await engine.shutdown()
 
     async def on_cleanup(app: web.Application) -> None:
         engine = app.get(ENGINE_KEY)
@@ -123,15 +227,18 @@ def create_app(config: EngineConfig, speech_stack: Any = None) -> web.Applicatio
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/openai/v1/realtime", realtime_ga)
-    app.router.add_get("/v1/realtime", realtime_openai)
-    app.router.add_get("/openai/realtime", realtime_preview)
+    for path in REALTIME_PATHS:
+        app.router.add_get(path, _realtime_handler(path))
     return app
 
 
 @dataclass
 class RunningEngine:
-    """An engine serving in this process; ``await close()`` stops it."""
+    """An engine serving in this process; ``await close()`` stops it.
+
+    Without a listening socket (``start_engine(..., listen=False)``) only :meth:`open_channel`
+    reaches it, and ``port`` is 0.
+    """
 
     runner: web.AppRunner
     host: str
@@ -147,27 +254,85 @@ class RunningEngine:
         return f"http://{self.host}:{self.port}"
 
     def ga_url(self, model: str = DEFAULT_MODEL) -> str:
-        return f"{self.url}/openai/v1/realtime?model={model}"
+        return f"{self.url}{GA_PATH}?model={model}"
 
     def preview_url(
         self, deployment: str = DEFAULT_MODEL, api_version: str = "2025-04-01-preview"
     ) -> str:
-        return f"{self.url}/openai/realtime?api-version={api_version}&deployment={deployment}"
+        return f"{self.url}{PREVIEW_PATH}?api-version={api_version}&deployment={deployment}"
 
     @property
     def app(self) -> web.Application:
         return self.runner.app
 
+    @property
+    def engine(self) -> Engine:
+        """The shared state: configuration, brain, speech, connections."""
+        return self.app[ENGINE_KEY]
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions the engine holds now (over sockets and in memory)."""
+        return self.engine.sessions
+
+    async def wait_sessions(self, count: int, timeout: float = 10.0) -> None:
+        """Return once the engine holds exactly ``count`` sessions (``TimeoutError`` after
+        ``timeout`` seconds). Call it in the engine's event loop."""
+        await self.engine.wait_sessions(count, timeout)
+
+    async def open_channel(
+        self,
+        path: str = GA_PATH,
+        query: Query | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        max_pending: int = 256,
+    ) -> Channel:
+        """Open a session without a socket: the client's end of an in-memory channel.
+
+        ``path`` is a realtime path (``/openai/v1/realtime``, ``/v1/realtime`` or
+        ``/openai/realtime``; a query string on it is read too), ``query`` and ``headers`` are
+        the handshake's. The same checks as over a WebSocket apply (required parameters, the API
+        key, ``?fault=`` specs); a refusal raises :class:`EngineRefusal` with the status,
+        headers and body the HTTP answer would have. Otherwise the session runs in this event
+        loop (which must be the engine's) on the other end, and faults act on the channel as on
+        a socket (``close`` reaches ``close_code``). Closing the returned channel ends it.
+        """
+        parts = urlsplit(path)
+        merged: dict[str, list[str]] = {}
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            merged.setdefault(name, []).append(value)
+        for name, values in (query or {}).items():
+            merged.setdefault(name, []).extend([values] if isinstance(values, str) else values)
+        engine = self.engine
+        admission = admit(engine.config, parts.path, merged, headers)
+        ours, theirs = memory_pair(max_pending)
+        conn = engine.connection(ours, admission)
+        task = asyncio.create_task(engine.serve(conn), name="engine memory connection")
+        engine.tasks.add(task)
+        task.add_done_callback(engine.tasks.discard)
+        return theirs
+
     async def close(self) -> None:
         await self.runner.cleanup()
 
 
-async def start_engine(config: EngineConfig, speech_stack: Any = None) -> RunningEngine:
-    """Start an engine in this event loop (``config.port=0``: a free port) and return it."""
-    stack = speech_stack if speech_stack is not None else config.speech
-    if stack is None:
+async def start_engine(
+    config: EngineConfig, speech_stack: Any = None, *, listen: bool = True
+) -> RunningEngine:
+    """Start an engine in this event loop (``config.port=0``: a free port) and return it.
+
+    ``listen=False`` opens no socket: the engine is reached through
+    :meth:`RunningEngine.open_channel` only. With ``config.no_speech`` no speech model loads.
+    """
+    stack = _speech_choice(config, speech_stack)
+    if stack is None and not config.no_speech:
         stack = await asyncio.to_thread(load_speech, None)
     app = create_app(config, stack)
+    if not listen:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        return RunningEngine(runner, config.host, 0)
     runner, port = await start_site(
         app, config.host, config.port, reuse_address=True, shutdown_timeout=2.0
     )
@@ -182,144 +347,79 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "sessions": len(engine.connections),
+            "sessions": engine.sessions,
             "brain": engine.brain.name,
             "speech": engine.speech is not None,
             "paths": {
-                "ga": "/openai/v1/realtime?model=NAME",
-                "openai": "/v1/realtime?model=NAME",
-                "preview": "/openai/realtime?api-version=...&deployment=NAME",
+                "ga": f"{GA_PATH}?model=NAME",
+                "openai": f"{OPENAI_PATH}?model=NAME",
+                "preview": f"{PREVIEW_PATH}?api-version=...&deployment=NAME",
             },
         }
     )
 
 
-def _json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers or None
-    )
+def _realtime_handler(path: str) -> Callable[[web.Request], Any]:
+    """The WebSocket handler of one realtime path (the path is passed on as registered, so
+    the app may be mounted under a prefix)."""
 
-
-async def realtime_ga(request: web.Request) -> web.StreamResponse:
-    model = request.query.get("model") or request.query.get("deployment")
-    if not model:
-        return _json_error(
-            400,
-            "missing_model",
-            "Missing required query parameter 'model' (the deployment name): "
-            "connect to /openai/v1/realtime?model=NAME.",
-        )
-    return await _realtime(request, Dialect.GA, model)
-
-
-async def realtime_openai(request: web.Request) -> web.StreamResponse:
-    model = request.query.get("model")
-    if not model:
-        return _json_error(
-            400,
-            "missing_model",
-            "Missing required query parameter 'model': /v1/realtime?model=NAME.",
-        )
-    beta = request.headers.get("OpenAI-Beta", "")
-    dialect = Dialect.PREVIEW if "realtime=v1" in beta.replace(" ", "") else Dialect.GA
-    return await _realtime(request, dialect, model)
-
-
-async def realtime_preview(request: web.Request) -> web.StreamResponse:
-    if not request.query.get("api-version"):
-        return _json_error(
-            400,
-            "missing_api_version",
-            "Missing required query parameter 'api-version' (e.g. "
-            f"{PREVIEW_API_VERSIONS_HINT}). For the GA protocol, connect to "
-            "/openai/v1/realtime?model=NAME instead.",
-        )
-    deployment = request.query.get("deployment")
-    if not deployment:
-        return _json_error(
-            400,
-            "missing_deployment",
-            "Missing required query parameter 'deployment': "
-            "/openai/realtime?api-version=...&deployment=NAME.",
-        )
-    return await _realtime(request, Dialect.PREVIEW, deployment)
-
-
-def _offered_key(request: web.Request) -> list[str]:
-    """Every credential the client offers, wherever it put it."""
-    keys: list[str] = []
-    if request.headers.get("api-key"):
-        keys.append(request.headers["api-key"])
-    if request.query.get("api-key"):
-        keys.append(request.query["api-key"])
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        keys.append(auth[7:].strip())
-    for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
-        proto = proto.strip()
-        if proto.startswith("openai-insecure-api-key."):
-            keys.append(proto[len("openai-insecure-api-key.") :])
-    return keys
-
-
-async def _realtime(request: web.Request, dialect: Dialect, model: str) -> web.StreamResponse:
-    engine = request.app[ENGINE_KEY]
-    config = engine.config
-    faults = config.faults
-    if config.allow_query_faults and "fault" in request.query:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        engine = request.app[ENGINE_KEY]
+        query = {name: request.query.getall(name) for name in request.query}
         try:
-            faults = faults.merged(Faults.parse(request.query.getall("fault")))
-        except FaultSpecError as exc:
-            return _json_error(400, "invalid_fault", str(exc))
-    if config.api_key is not None and not any(
-        secrets.compare_digest(key.encode(), config.api_key.encode())
-        for key in _offered_key(request)
-    ):
-        return _json_error(
-            401,
-            "401",
-            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
-            "provide a valid key for an active subscription and use a correct regional API "
-            "endpoint for your resource.",
+            admission = admit(engine.config, path, query, request.headers)
+        except EngineRefusal as exc:
+            return _refused(exc)
+        ws = web.WebSocketResponse(
+            max_msg_size=engine.config.max_message_bytes,
+            protocols=("realtime",),
+            autoping=True,
+            compress=False,
         )
-    if faults.refuse_status is not None:
-        return _refusal(faults.refuse_status)
-    ws = web.WebSocketResponse(
-        max_msg_size=config.max_message_bytes,
-        protocols=("realtime",),
-        autoping=True,
-        compress=False,
-    )
-    if not ws.can_prepare(request).ok:
-        return _json_error(
-            426,
-            "websocket_required",
-            "This is a WebSocket endpoint: connect with ws:// (a WebSocket client), not plain HTTP.",
-        )
-    await ws.prepare(request)
-    conn = Connection(engine, ws, dialect, model, faults)
-    engine.connections.add(conn)
-    try:
-        await conn.run()
-    finally:
-        engine.connections.discard(conn)
-    return ws
+        if not ws.can_prepare(request).ok:
+            return _refused(
+                refusal(
+                    426,
+                    "websocket_required",
+                    "This is a WebSocket endpoint: connect with ws:// (a WebSocket client), "
+                    "not plain HTTP.",
+                )
+            )
+        await ws.prepare(request)
+        await engine.serve(engine.connection(_WebSocketChannel(ws), admission))
+        return ws
+
+    return handler
 
 
-def _refusal(status: int) -> web.Response:
-    if status == 401:
-        return _json_error(401, "401", "Access denied due to invalid subscription key (fault).")
-    if status == 403:
-        return _json_error(403, "403", "Forbidden (fault).")
-    if status == 429:
-        return _json_error(
-            429,
-            "429",
-            "Requests to the realtime API have exceeded the rate limit of your deployment. "
-            "Please retry after 1 second (fault).",
-            **{"Retry-After": "1", "retry-after-ms": "1000"},
-        )
-    return _json_error(status, str(status), f"The service is unavailable (fault {status}).")
+def _refused(exc: EngineRefusal) -> web.Response:
+    return web.json_response(exc.body, status=exc.status, headers=exc.headers or None)
+
+
+class _WebSocketChannel(AiohttpChannel):
+    """The engine's side of an aiohttp WebSocket.
+
+    Binary frames are read as text (invalid UTF-8 replaced), not skipped: the service answers
+    them with an ``invalid_json`` error, and so does the engine.
+    """
+
+    async def receive(self) -> str | None:
+        while True:
+            try:
+                msg = await self.ws.receive()
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                return None
+            if msg.type == WSMsgType.BINARY:
+                return bytes(msg.data).decode("utf-8", errors="replace")
+            if msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                continue
+            if msg.type == WSMsgType.TEXT:
+                text: str = msg.data
+                return text
+            if msg.type == WSMsgType.CLOSE:
+                self._close_code = msg.data if isinstance(msg.data, int) else None
+                self._close_reason = msg.extra or ""
+            return None
 
 
 # ------------------------------------------------------------------------------ connections
@@ -332,30 +432,23 @@ class _Close:
 
 
 class Connection:
-    """One WebSocket client: its session, its writer, its faults."""
+    """One client: its session, its channel, its writer, its faults."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        ws: web.WebSocketResponse,
-        dialect: Dialect,
-        model: str,
-        faults: Faults,
-    ) -> None:
+    def __init__(self, engine: Engine, channel: Channel, admission: Admission) -> None:
         self.engine = engine
-        self.ws = ws
-        self.faults = faults
+        self.channel = channel
+        self.faults = faults = admission.faults
         self.queue: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
         conversation_id = ids.conversation_id()
-        self.wire = Wire(dialect, conversation_id=conversation_id)
+        self.wire = Wire(admission.dialect, conversation_id=conversation_id)
         config = engine.config
         expiry = (
             faults.expire_after_s if faults.expire_after_s is not None else config.session_max_s
         )
         self.expire_after_s = expiry
         self.session = RealtimeSession(
-            dialect=dialect,
-            model=model,
+            dialect=admission.dialect,
+            model=admission.model,
             brain=engine.brain,
             speech=engine.speech,
             emit=self.queue.put_nowait,
@@ -370,12 +463,8 @@ class Connection:
         expiry = asyncio.create_task(self._expire(), name="engine expiry")
         self.session.start()
         try:
-            async for msg in self.ws:
-                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await self._on_frame(msg.data)
-                elif msg.type == WSMsgType.ERROR:
-                    log.info("connection error: %s", self.ws.exception())
-                    break
+            while (text := await self.channel.receive()) is not None:
+                await self._on_frame(text)
         finally:
             expiry.cancel()
             await self.session.close()
@@ -385,15 +474,13 @@ class Connection:
                     await task
                 except BaseException:  # noqa: BLE001 - shutting down
                     pass
-            if not self.ws.closed:
-                await self.ws.close()
+            await self.channel.close()
 
     async def shutdown(self) -> None:
         """Close the connection as the server stops (1001: going away)."""
-        if not self.ws.closed:
-            await self.ws.close(code=1001, message=b"server shutting down")
+        await self.channel.close(1001, "server shutting down")
 
-    async def _on_frame(self, data: str | bytes) -> None:
+    async def _on_frame(self, data: str) -> None:
         try:
             await self.session.handle(self.wire.decode(data))
         except ProtocolError as exc:
@@ -433,16 +520,17 @@ class Connection:
 
     async def _write(self) -> None:
         faults = self.faults
+        channel = self.channel
         sent = 0
         delayed: set[str] = set()
         try:
             if faults.close_code is not None and faults.close_after_events == 0:
-                await self.ws.close(code=faults.close_code, message=b"fault: close")
+                await channel.close(faults.close_code, "fault: close")
                 return
             while True:
                 event = await self.queue.get()
                 if isinstance(event, _Close):
-                    await self.ws.close(code=event.code, message=event.reason.encode())
+                    await channel.close(event.code, event.reason)
                     return
                 if (
                     faults.delay_audio_ms
@@ -452,15 +540,14 @@ class Connection:
                     delayed.add(str(event.get("response_id")))
                     await asyncio.sleep(faults.delay_audio_ms / 1000)
                 for frame in self.wire.encode(event):
-                    await self.ws.send_str(frame)
+                    await channel.send(frame)
                     sent += 1
                     if faults.close_code is not None and sent >= faults.close_after_events:
-                        await self.ws.close(code=faults.close_code, message=b"fault: close")
+                        await channel.close(faults.close_code, "fault: close")
                         return
         except (ConnectionError, RuntimeError) as exc:
             log.debug("writer stopped: %s", exc)
-            if not self.ws.closed:
-                await self.ws.close()
+            await channel.close()
 
 
 class EngineThread:
@@ -507,6 +594,26 @@ class EngineThread:
         self, deployment: str = DEFAULT_MODEL, api_version: str = "2025-04-01-preview"
     ) -> str:
         return self.engine.preview_url(deployment, api_version)
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions the engine holds now."""
+        return self.engine.sessions
+
+    def wait_sessions(self, count: int, timeout: float = 10.0) -> None:
+        """Block until the engine holds exactly ``count`` sessions (``TimeoutError`` after
+        ``timeout`` seconds). From a coroutine, use :meth:`wait_sessions_async`."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.engine.wait_sessions(count, timeout), self._thread.loop
+        )
+        future.result()
+
+    async def wait_sessions_async(self, count: int, timeout: float = 10.0) -> None:
+        """:meth:`wait_sessions` for a coroutine in any other event loop (that loop runs on)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.engine.wait_sessions(count, timeout), self._thread.loop
+        )
+        await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self._thread.close()

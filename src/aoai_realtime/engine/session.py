@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
 MAX_OUTPUT_TOKENS = 4096
+NO_SPEECH_CODE = "speech_unavailable"
+"""The ``error`` code of what an engine without its speech models refuses."""
 IDLE_TAIL_MS = 30_000
 """Under VAD, audio older than this before the end of the buffer is forgotten while idle."""
 
@@ -67,8 +69,12 @@ def full_turn_detection(td: TurnDetection | None) -> TurnDetection | None:
     return TurnDetection.model_validate({**_TD_DEFAULTS[td.type], **given})
 
 
-def default_config(dialect: Dialect, model: str) -> SessionConfig:
-    """The session a connection starts with (what ``session.created`` shows)."""
+def default_config(dialect: Dialect, model: str, *, hearing: bool = True) -> SessionConfig:
+    """The session a connection starts with (what ``session.created`` shows).
+
+    Without ``hearing`` (an engine without its speech models) turn detection starts off: such
+    an engine cannot tell speech from silence, so its sessions commit input audio by hand.
+    """
     data: dict[str, Any] = {
         "type": "realtime",
         "model": model,
@@ -79,7 +85,9 @@ def default_config(dialect: Dialect, model: str) -> SessionConfig:
         "input_format": "pcm16",
         "output_format": "pcm16",
         "transcription": None,
-        "turn_detection": full_turn_detection(TurnDetection(type="server_vad")),
+        "turn_detection": full_turn_detection(TurnDetection(type="server_vad"))
+        if hearing
+        else None,
         "noise_reduction": None,
         "max_output_tokens": "inf",
         "tools": [],
@@ -149,7 +157,7 @@ class RealtimeSession:
         self.session_id = ids.session_id()
         self.conversation_id = conversation_id or ids.conversation_id()
         self.expires_at = expires_at or int(time.time()) + 30 * 60
-        self.config = default_config(dialect, model)
+        self.config = default_config(dialect, model, hearing=speech is not None)
         self.store = ItemStore()
         self.buffer = InputBuffer()
         self.active: ResponseRun | None = None
@@ -286,6 +294,8 @@ class RealtimeSession:
         return ga if self.dialect is Dialect.GA else preview
 
     def _session_update(self, update: SessionConfig) -> None:
+        if self.speech is None:
+            self._check_without_speech(update)
         if update.is_set("voice"):
             if update.voice not in GA_VOICES:
                 param = self._param("session.audio.output.voice", "session.voice")
@@ -327,6 +337,27 @@ class RealtimeSession:
         if new.input_format != old.input_format:
             self._configure_input()
         self.emit({"type": "session.updated", "session": self.session_object()})
+
+    def _check_without_speech(self, update: SessionConfig) -> None:
+        """Without the speech models, refuse what needs them: turn detection, transcription."""
+        if update.is_set("turn_detection") and update.turn_detection is not None:
+            raise ProtocolError(
+                "This engine runs without its speech models (no_speech), so it cannot detect "
+                "turns: set turn_detection to null and commit the input audio buffer yourself, "
+                "or run the engine with its speech stack.",
+                code=NO_SPEECH_CODE,
+                param=self._param("session.audio.input.turn_detection", "session.turn_detection"),
+            )
+        if update.is_set("transcription") and update.transcription is not None:
+            raise ProtocolError(
+                "This engine runs without its speech models (no_speech), so it cannot "
+                "transcribe input audio: leave transcription off, or run the engine with its "
+                "speech stack.",
+                code=NO_SPEECH_CODE,
+                param=self._param(
+                    "session.audio.input.transcription", "session.input_audio_transcription"
+                ),
+            )
 
     def _configure_input(self) -> None:
         fmt = self.config.input_format or "pcm16"
