@@ -40,7 +40,6 @@ from aoai_realtime.server import (
     Upstreams,
 )
 from aoai_realtime.server.resume import (
-    ConversationLog,
     HeldEvents,
     SessionTracker,
     merge_session,
@@ -322,16 +321,20 @@ def test_held_events_keep_order_and_at_most_the_last_seconds_of_audio() -> None:
     assert len(held) == 3 and held.dropped_events == 1
 
 
-def test_conversation_log_counts_hot_audio_without_decoding() -> None:
-    log = ConversationLog()
-    log.fold({"type": "response.created", "response": {"id": "r1", "status": "in_progress"}})
-    log.fold(
+def test_conversation_counts_hot_audio_without_decoding() -> None:
+    conv = Conversation()
+
+    def fold(event: dict[str, Any]) -> None:
+        conv.apply(parse_server_event(event))
+
+    fold({"type": "response.created", "response": {"id": "r1", "status": "in_progress"}})
+    fold(
         {"type": "response.output_item.added", "response_id": "r1",
          "item": {"id": "item_a", "type": "message", "role": "assistant",
                   "status": "in_progress", "content": []}}
     )  # fmt: skip
     for piece in ("Hello ", "there."):
-        log.fold_hot(
+        conv.apply_delta_text(
             "response.output_audio_transcript.delta",
             json.dumps({"type": "response.output_audio_transcript.delta", "item_id": "item_a",
                         "content_index": 0, "delta": piece}),
@@ -339,16 +342,16 @@ def test_conversation_log_counts_hot_audio_without_decoding() -> None:
     delta = base64.b64encode(b"\x00" * 4801).decode()  # padded base64
     text = json.dumps({"type": "response.output_audio.delta", "response_id": "r1",
                        "item_id": "item_a", "content_index": 0, "delta": delta})  # fmt: skip
-    log.fold_hot("response.output_audio.delta", text)
-    item = log.conversation.items["item_a"]
+    conv.apply_delta_text("response.output_audio.delta", text)
+    item = conv.items["item_a"]
     assert item.parts[0].audio_bytes == 4801 and item.transcript == "Hello there."
-    assert log.end_responses() == {
+    assert conv.end_responses() == {
         "r1": [
             {"id": "item_a", "object": "realtime.item", "type": "message",
              "status": "incomplete", "role": "assistant", "content": []}
         ]
     }  # fmt: skip
-    assert log.conversation.responses["r1"].status == "cancelled"
+    assert conv.responses["r1"].status == "cancelled"
 
 
 # ==================================================================================== middle tier

@@ -34,6 +34,8 @@ from ..auth import (
     describe,
 )
 from ..config import DEFAULT_ENV_FILES, ENV_VARS, ConfigError, Settings, parse_endpoint
+from ..protocol.handshake import HandshakeFailure
+from ..transport import HandshakeFailed, open_websocket
 from . import _common as common
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -400,6 +402,48 @@ def _handshake_fix(status: int, target: common.Target, settings: Settings | None
     return "check the endpoint and try again; the status is from the server"
 
 
+def _handshake_check(
+    failure: HandshakeFailure, label: str, target: common.Target, settings: Settings | None
+) -> Check | None:
+    """The check for a handshake that failed (``None``: it timed out)."""
+    if failure.kind == "timeout":
+        return None
+    if failure.kind == "status":
+        status = failure.status or 0
+        return Check(
+            "handshake",
+            "fail",
+            f"{label}: refused with HTTP {status} {_reason(status)}",
+            _handshake_fix(status, target, settings),
+        )
+    if failure.kind == "tls":
+        return Check(
+            "handshake",
+            "fail",
+            f"{label}: TLS certificate problem ({failure.detail})",
+            "check the host name, or your proxy's CA (SSL_CERT_FILE)",
+        )
+    if failure.kind == "dns":
+        return Check(
+            "handshake",
+            "fail",
+            f"{label}: host {failure.host} not found",
+            "check AZURE_OPENAI_ENDPOINT: the resource name is the first part of the host "
+            f"(https://RESOURCE.openai.azure.com), e.g. https://{_EXAMPLE_HOST}",
+        )
+    if failure.kind == "connect":
+        return Check(
+            "handshake",
+            "fail",
+            f"{label}: cannot connect ({failure.detail})",
+            f"nothing listens at {failure.host}:{failure.port or ''}: start the server "
+            "or check the endpoint"
+            if Settings(endpoint=parse_endpoint(target.url).base).is_local
+            else "check the endpoint and your network (proxy, firewall)",
+        )
+    return Check("handshake", "fail", f"{label}: {failure.detail}", "check the URL")
+
+
 async def check_handshake(
     target: common.Target | None, settings: Settings | None, timeout: float, skip_reason: str
 ) -> Check:
@@ -413,63 +457,24 @@ async def check_handshake(
         headers = await asyncio.wait_for(target.headers(), timeout)
     except (AuthError, asyncio.TimeoutError) as exc:
         return Check("handshake", "fail", f"no credential for {label}: {exc}", "see credential")
+    no_answer = Check(
+        "handshake",
+        "fail",
+        f"{label}: no answer within {timeout:g} s",
+        "check the endpoint is reachable from here (proxy, firewall, VPN) or raise --timeout",
+    )
     try:
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                target.url,
-                headers=headers,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=2.0),
-                max_msg_size=16 * 1024 * 1024,
-                autoping=True,
-            )
+            ws = await open_websocket(http, target.url, headers=headers, open_timeout=timeout)
             connected = (time.monotonic() - began) * 1000
             try:
                 msg = await asyncio.wait_for(ws.receive(), timeout)
             finally:
                 await asyncio.wait_for(ws.close(), 3.0)
     except asyncio.TimeoutError:
-        return Check(
-            "handshake",
-            "fail",
-            f"{label}: no answer within {timeout:g} s",
-            "check the endpoint is reachable from here (proxy, firewall, VPN) or raise --timeout",
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        return Check(
-            "handshake",
-            "fail",
-            f"{label}: refused with HTTP {exc.status} {_reason(exc.status)}",
-            _handshake_fix(exc.status, target, settings),
-        )
-    except aiohttp.ClientConnectorCertificateError as exc:
-        return Check(
-            "handshake",
-            "fail",
-            f"{label}: TLS certificate problem ({exc.certificate_error})",
-            "check the host name, or your proxy's CA (SSL_CERT_FILE)",
-        )
-    except aiohttp.ClientConnectorError as exc:
-        host = urlsplit(target.url).hostname or "?"
-        dns = getattr(aiohttp, "ClientConnectorDNSError", None)
-        if (dns is not None and isinstance(exc, dns)) or "Name or service not known" in str(exc):
-            return Check(
-                "handshake",
-                "fail",
-                f"{label}: host {host} not found",
-                "check AZURE_OPENAI_ENDPOINT: the resource name is the first part of the host "
-                f"(https://RESOURCE.openai.azure.com), e.g. https://{_EXAMPLE_HOST}",
-            )
-        return Check(
-            "handshake",
-            "fail",
-            f"{label}: cannot connect ({exc.os_error.strerror if exc.os_error else exc})",
-            f"nothing listens at {host}:{urlsplit(target.url).port or ''}: start the server "
-            "or check the endpoint"
-            if Settings(endpoint=parse_endpoint(target.url).base).is_local
-            else "check the endpoint and your network (proxy, firewall)",
-        )
-    except aiohttp.ClientError as exc:
-        return Check("handshake", "fail", f"{label}: {type(exc).__name__}: {exc}", "check the URL")
+        return no_answer
+    except HandshakeFailed as exc:
+        return _handshake_check(exc.failure, label, target, settings) or no_answer
     if msg.type != aiohttp.WSMsgType.TEXT:
         return Check(
             "handshake",

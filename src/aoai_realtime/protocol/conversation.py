@@ -8,12 +8,65 @@ bytes are counted from the base64 length, without decoding, unless ``keep_audio`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
 
 _BYTES_PER_MS = {"pcm16": 48, "g711_ulaw": 8, "g711_alaw": 8}
+_BYTES_PER_MS_GA = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
+
+
+def _string_span(text: str, key: str) -> tuple[int, int] | None:
+    """Start and end of the string value of ``key`` in a JSON text, without decoding it (for
+    values without escapes: ids, base64)."""
+    at = text.find(f'"{key}"')
+    if at < 0:
+        return None
+    i = at + len(key) + 2
+    n = len(text)
+    while i < n and text[i] in " \t\r\n:":
+        i += 1
+    if i >= n or text[i] != '"':
+        return None
+    end = text.find('"', i + 1)
+    return (i + 1, end) if end >= 0 else None
+
+
+def _string_field(text: str, key: str) -> str | None:
+    span = _string_span(text, key)
+    return text[span[0] : span[1]] if span is not None else None
+
+
+def _int_field(text: str, key: str) -> int:
+    at = text.find(f'"{key}"')
+    if at < 0:
+        return 0
+    i = at + len(key) + 2
+    while i < len(text) and text[i] in " \t\r\n:":
+        i += 1
+    j = i
+    while j < len(text) and text[j].isdigit():
+        j += 1
+    return int(text[i:j]) if j > i else 0
+
+
+def b64_field_len(text: str, key: str) -> int | None:
+    """Decoded length of the base64 string value of ``key`` in a JSON text, without decoding
+    the text or the string; ``None`` when there is no such string."""
+    span = _string_span(text, key)
+    return _b64_span_len(text, span) if span is not None else None
+
+
+def _b64_span_len(text: str, span: tuple[int, int]) -> int:
+    """Decoded length of the base64 string at ``span`` of ``text``."""
+    start, end = span
+    n = end - start
+    if n <= 0:
+        return 0
+    pad = (1 if text[end - 1] == "=" else 0) + (1 if n > 1 and text[end - 2] == "=" else 0)
+    return n * 3 // 4 - pad
 
 
 def b64_decoded_len(data: str) -> int:
@@ -137,9 +190,117 @@ class Conversation:
     # ----------------------------------------------------------------------- folding
 
     def apply(self, event: ev.ServerEvent) -> None:
+        if isinstance(event, ev.UnknownEvent):
+            return  # a type we do not know, or a known one whose fields do not parse
         handler = _HANDLERS.get(event.type)
         if handler is not None:
             handler(self, event)
+
+    def apply_delta_text(self, kind: str, text: str) -> None:
+        """Fold an audio or transcript delta (GA name ``kind``) from its JSON text without
+        decoding the whole message: a relay's hot path. Audio is counted from the base64
+        length; other event types are ignored."""
+        if kind == "response.output_audio.delta":
+            item_id = _string_field(text, "item_id")
+            span = _string_span(text, "delta")
+            if item_id is not None and span is not None:
+                self.add_audio(
+                    item_id, _int_field(text, "content_index"), _b64_span_len(text, span)
+                )
+        elif kind == "response.output_audio_transcript.delta":
+            data = json.loads(text)
+            if isinstance(data, dict) and isinstance(data.get("delta"), str):
+                content_index = data.get("content_index")
+                self.add_transcript(
+                    str(data.get("item_id") or ""),
+                    content_index if isinstance(content_index, int) else 0,
+                    data["delta"],
+                )
+
+    def add_audio(self, item_id: str, content_index: int, nbytes: int) -> None:
+        """``nbytes`` more bytes of assistant audio for that item's part."""
+        it = self.items.get(item_id)
+        if it is not None:
+            it.part(content_index, "output_audio").audio_bytes += nbytes
+
+    def add_transcript(self, item_id: str, content_index: int, delta: str) -> None:
+        """More transcript of assistant audio (ignored once the item was truncated)."""
+        it = self.items.get(item_id)
+        if it is not None and it.truncated_at_ms is None:
+            it.part(content_index, "output_audio").transcript += delta
+
+    def truncate(self, item_id: str, content_index: int, audio_end_ms: int) -> bool:
+        """Cut an item at ``audio_end_ms`` as the service does (a truncation applied locally,
+        e.g. of an item an earlier session produced); False if the item is unknown."""
+        it = self.items.get(item_id)
+        if it is None:
+            return False
+        it.truncated_at_ms = audio_end_ms
+        if content_index < len(it.parts):
+            part = it.parts[content_index]
+            produced = part.audio_bytes
+            part.audio_bytes = min(part.audio_bytes, audio_end_ms * it.bytes_per_ms)
+            if part.audio is not None:
+                del part.audio[part.audio_bytes :]
+            # The service drops the unheard part of the transcript; estimate it by proportion.
+            if produced:
+                part.transcript = cut_transcript(part.transcript, part.audio_bytes / produced)
+        return True
+
+    def end_responses(self, reason: str = "session_ended") -> dict[str, list[dict[str, Any]]]:
+        """The session ended: mark the responses still in progress as cancelled (``reason``);
+        returns their ids with their output items as far as they went (GA items, status
+        ``incomplete``), e.g. for the ``response.done`` a client still waits for."""
+        ended: dict[str, list[dict[str, Any]]] = {}
+        for rid, response in self.responses.items():
+            if response.status != "in_progress":
+                continue
+            response.status = "cancelled"
+            response.status_details = {"type": "cancelled", "reason": reason}
+            output: list[dict[str, Any]] = []
+            for item_id in response.item_ids:
+                state = self.items.get(item_id)
+                if state is None:
+                    continue
+                item: dict[str, Any] = {
+                    "id": state.id,
+                    "object": "realtime.item",
+                    "type": state.type,
+                    "status": "incomplete",
+                }
+                if state.type == "message":
+                    item.update(role=state.role or "assistant", content=[])
+                elif state.type == "function_call":
+                    item.update(
+                        call_id=state.call_id, name=state.name or "", arguments=state.arguments
+                    )
+                output.append(item)
+            ended[rid] = output
+        self.active_response_id = None
+        self.speaking = False
+        return ended
+
+    def prune(self, keep_items: int, keep_responses: int = 64, keep_errors: int = 64) -> None:
+        """Forget all but the newest ``keep_items`` items, the newest finished responses and
+        errors beyond their bounds: a long session's state stays bounded."""
+        excess = len(self.order) - max(1, keep_items)
+        if excess > 0:
+            for item_id in self.order[:excess]:
+                self.items.pop(item_id, None)
+            del self.order[:excess]
+        if len(self.responses) > keep_responses:
+            done = [r for r, state in self.responses.items() if state.done]
+            for rid in done[: len(self.responses) - keep_responses]:
+                del self.responses[rid]
+        if len(self.errors) > keep_errors:
+            del self.errors[:-keep_errors]
+
+    @property
+    def input_bytes_per_ms(self) -> int:
+        """Bytes per millisecond of the session's input audio format."""
+        fmt = ((self.session.get("audio") or {}).get("input") or {}).get("format")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        return _BYTES_PER_MS_GA.get(kind or "audio/pcm", 48)
 
     def _ensure(self, item: Any, previous_item_id: str | None = None) -> ItemState:
         item_id = item.id or ""
@@ -204,19 +365,7 @@ class Conversation:
 
     def _on_truncated(self, e: ev.ServerEvent) -> None:
         assert isinstance(e, ev.ConversationItemTruncated)
-        it = self.items.get(e.item_id)
-        if it is None:
-            return
-        it.truncated_at_ms = e.audio_end_ms
-        if e.content_index < len(it.parts):
-            part = it.parts[e.content_index]
-            produced = part.audio_bytes
-            part.audio_bytes = min(part.audio_bytes, e.audio_end_ms * it.bytes_per_ms)
-            if part.audio is not None:
-                del part.audio[part.audio_bytes :]
-            # The service drops the unheard part of the transcript; estimate it by proportion.
-            if produced:
-                part.transcript = cut_transcript(part.transcript, part.audio_bytes / produced)
+        self.truncate(e.item_id, e.content_index, e.audio_end_ms)
 
     def _on_transcription_delta(self, e: ev.ServerEvent) -> None:
         assert isinstance(e, ev.TranscriptionDelta)
@@ -306,13 +455,11 @@ class Conversation:
             part.audio += raw
             part.audio_bytes += len(raw)
         else:
-            part.audio_bytes += b64_decoded_len(e.delta)
+            self.add_audio(e.item_id, e.content_index, b64_decoded_len(e.delta))
 
     def _on_transcript_delta(self, e: ev.ServerEvent) -> None:
         assert isinstance(e, ev.OutputAudioTranscriptDelta)
-        it = self.items.get(e.item_id)
-        if it is not None and it.truncated_at_ms is None:
-            it.part(e.content_index, "output_audio").transcript += e.delta
+        self.add_transcript(e.item_id, e.content_index, e.delta)
 
     def _on_transcript_done(self, e: ev.ServerEvent) -> None:
         assert isinstance(e, ev.OutputAudioTranscriptDone)

@@ -332,6 +332,7 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         observer=observer,
         conn_id=conn_id,
         resume=config.resume_options if config.resume else None,
+        refresh_credential=getattr(chosen.credential, "invalidate", None) if chosen else None,
     )
     relays: set[Relay] = request.app[RELAYS_KEY]
     relays.add(relay)

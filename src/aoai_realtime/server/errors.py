@@ -14,6 +14,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..protocol.handshake import HandshakeFailure
+
 __all__ = [
     "CLOSE_POLICY",
     "CLOSE_UPSTREAM",
@@ -51,6 +53,8 @@ class RelayError(Exception):
         self.code = code
         self.message = message
         self.close_code = close_code
+        self.failure: HandshakeFailure | None = None
+        """The upstream handshake failure this error words, if it is one (for the retry rule)."""
 
     def to_event(self) -> dict[str, Any]:
         return error_event(self.code, self.message, error_type="relay_error")

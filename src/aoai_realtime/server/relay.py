@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import re
 import time
@@ -45,21 +46,26 @@ from typing import Any
 
 from ..channel import Channel, ChannelClosed
 from ..protocol import dialect as _dialect
+from ..protocol.conversation import Conversation
 from ..protocol.dialect import DialectName
 from ..protocol.errors import ProtocolError
-from ..protocol.restore import RESUMABLE_CLOSE_CODES
+from ..protocol.events import parse_server_event
+from ..protocol.restore import restore_events
+from ..protocol.resume import Restore, ResumePolicy, SessionEnd
 from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
 from .errors import CLOSE_POLICY, CLOSE_UPSTREAM, RelayError, error_event
 from .logs import log
 from .policy import Policy
-from .resume import ConversationLog, HeldEvents, ResumeOptions, SessionTracker
+from .resume import HeldEvents, ResumeOptions, SessionTracker
 
 __all__ = [
     "Channel",
     "ChannelClosed",
     "Connector",
     "Relay",
+    "TRANSITIONS",
     "RelayObserver",
+    "RelayState",
     "RelayStats",
 ]
 
@@ -115,21 +121,45 @@ class _UpstreamGone(Exception):
 
 
 class _SessionEnded(Exception):
-    """The upstream session ended by the service's doing: ``cause`` is ``session_expired`` or
-    ``closed`` (then ``close_code`` says how)."""
+    """The upstream session ended by the service's doing (raised from deep in the reader)."""
 
-    def __init__(self, cause: str, detail: str = "", close_code: int | None = None) -> None:
-        super().__init__(cause)
-        self.cause = cause
-        self.detail = detail
-        self.close_code = close_code
+    def __init__(self, end: SessionEnd) -> None:
+        super().__init__(end.cause)
+        self.end = end
 
-    def describe(self) -> str:
-        if self.cause == "session_expired":
-            return "The service ended the session (session_expired)"
-        code = "no close code" if self.close_code is None else f"code {self.close_code}"
-        detail = f": {self.detail}" if self.detail else ""
-        return f"The connection to the service closed ({code}{detail})"
+
+class RelayState(enum.Enum):
+    """Where one relayed connection is; :data:`TRANSITIONS` says how it moves."""
+
+    CONNECTING = "connecting"
+    """Opening the first upstream session."""
+    RELAYING = "relaying"
+    """Events flow both ways."""
+    RESUMING = "resuming"
+    """The upstream session ended: a new one is being opened and restored; the page's events
+    are held, the new session's events feed the restore."""
+    FAILED = "failed"
+    """The page was told why (one ``relay_error``); both sides are closing."""
+    CLOSED = "closed"
+    """Done: the page left, the server shut down, or a failure was reported."""
+
+
+_S = RelayState
+TRANSITIONS: dict[tuple[RelayState, str], RelayState] = {
+    # the first upstream session opens, or cannot be opened
+    (_S.CONNECTING, "connected"): _S.RELAYING,
+    (_S.CONNECTING, "fail"): _S.FAILED,
+    # the service ends the session and the conversation is worth carrying over
+    (_S.RELAYING, "session_ended"): _S.RESUMING,
+    (_S.RELAYING, "fail"): _S.FAILED,
+    # a new session acknowledged the restore (held page events go to it), or no attempt worked
+    (_S.RESUMING, "restored"): _S.RELAYING,
+    (_S.RESUMING, "fail"): _S.FAILED,
+    # the page leaves, the server shuts down, or the run ends: from anywhere
+    **{(state, "close"): _S.CLOSED for state in RelayState},
+}
+"""The relay's state machine: ``(state, event) -> next state``. An event missing for the
+current state is a bug, raised at once (never a silent half-state)."""
 
 
 # Handshake failures of a resume attempt that are tried again (within the attempt budget);
@@ -200,9 +230,14 @@ class Relay:
         conn_id: str | None = None,
         preview_turn_detection_none: bool = True,
         resume: ResumeOptions | None = None,
+        refresh_credential: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.connect = connect
+        self.refresh_credential = refresh_credential
+        """Forgets a cached token (after a 401 on a resume attempt, one more try gets a fresh
+        one); ``None`` when the credential cannot be refreshed (a fixed key)."""
+        self.state = RelayState.CONNECTING
         self.dialect: DialectName = dialect
         self.client_dialect: DialectName = client_dialect
         self.policy = policy or Policy()
@@ -214,8 +249,6 @@ class Relay:
         self.upstream: Channel | None = None
         self._client_lock = asyncio.Lock()
         self._upstream_lock = asyncio.Lock()
-        self._failed: RelayError | None = None
-        self._closing = False
         self._reported: set[str] = set()
         self._page_instructions: str | None = None
         self._own_event_ids: set[str] = set()
@@ -227,19 +260,26 @@ class Relay:
         # resume: the conversation so far, the accepted session, the page's events held while a
         # new upstream session is set up
         self.resume = resume
-        self._log: ConversationLog | None = None
+        self._conversation: Conversation | None = None
+        self._keep_items = 0
         self._session = SessionTracker()
         self._held = HeldEvents()
-        self._resuming = False
+        self._policy = ResumePolicy()
+        self._restore: Restore | None = None
+        self._restore_deadline = 0.0
+        self._ended: SessionEnd | None = None  # the session being resumed
+        self._cut = False  # a reply in progress was cut short by the end
+        self._last_failure: str | None = None  # why the last resume attempt failed
         self._restored_ids: set[str] = set()
         self._earlier_ids: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         if resume is not None:
-            self._log = ConversationLog(keep_items=2 * resume.max_items + 50)
+            self._conversation = Conversation()
+            self._keep_items = 2 * resume.max_items + 50
             self._held = HeldEvents(
                 max_audio_ms=resume.held_audio_ms, max_events=resume.max_held_events
             )
-            self._budget = resume.budget()
+            self._policy = ResumePolicy(resume.budget())
         same = client_dialect == dialect
         self._hot_server = (
             _HOT_SERVER_GA if dialect == "ga" else _HOT_SERVER_PREVIEW
@@ -268,6 +308,10 @@ class Relay:
                 )
             )
             return self._finish()
+        if self._terminal:  # the server shut down meanwhile
+            self._close_in_background(self.upstream)
+            return self._finish()
+        self._to("connected")
         self.stats.connected_ms = (time.monotonic() - started) * 1000
         initial = self.policy.initial_update()
         pumps: list[asyncio.Task[None]] = []
@@ -285,7 +329,7 @@ class Relay:
         except _UpstreamGone:
             await self._upstream_gone()
         finally:
-            self._closing = True
+            self._to("close")
             for task in pumps:
                 task.cancel()
             for task in list(self._tool_tasks):
@@ -297,7 +341,7 @@ class Relay:
 
     async def close(self) -> None:
         """End the relay from outside (server shutdown): both sides are closed."""
-        self._closing = True
+        self._to("close")
         self.stats.closed_by = self.stats.closed_by or "server"
         await self._close_both(code=1001, reason="server shutting down")
 
@@ -326,10 +370,9 @@ class Relay:
 
     async def _fail(self, exc: RelayError) -> None:
         """Tell the client once, then close both sides."""
-        if self._failed is not None:
+        if self._terminal:
             return
-        self._failed = exc
-        self._closing = True
+        self._to("fail")
         self.stats.error_code = exc.code
         by = "relay" if exc.close_code == CLOSE_POLICY else "upstream"
         self.stats.closed_by = self.stats.closed_by or by
@@ -343,8 +386,19 @@ class Relay:
                 self.stats.to_client += 1
         await self._close_both(code=exc.close_code, reason=exc.code)
 
+    def _to(self, event: str) -> None:
+        """Move the state machine (:data:`TRANSITIONS`)."""
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise RuntimeError(f"relay {self.conn_id}: {event!r} in state {self.state.value}")
+        self.state = new
+
+    @property
+    def _terminal(self) -> bool:
+        return self.state in (RelayState.FAILED, RelayState.CLOSED)
+
     async def _upstream_gone(self) -> None:
-        if self._closing or self._failed is not None:
+        if self._terminal:
             return
         up = self.upstream
         code = up.close_code if up is not None else None
@@ -384,13 +438,13 @@ class Relay:
         resumed). Raises :class:`_UpstreamGone` when the upstream has gone for good."""
         assert self.upstream is not None
         async with self._upstream_lock:
-            if self._resuming:
+            if self.state is RelayState.RESUMING:
                 self._hold(text)
                 return False
             try:
                 await self.upstream.send(text)
             except ChannelClosed:
-                if self.resume is None or self._closing:
+                if self.resume is None or self._terminal:
                     raise _UpstreamGone from None
                 # the upstream pump sees the end and decides whether to resume
                 self._hold(text)
@@ -400,7 +454,8 @@ class Relay:
 
     def _hold(self, text: str) -> None:
         audio = _peek_type(text) in _HOT_CLIENT
-        bytes_per_ms = self._log.input_bytes_per_ms if self._log is not None else 48
+        conv = self._conversation
+        bytes_per_ms = conv.input_bytes_per_ms if conv is not None else 48
         self._held.add(text, audio=audio, bytes_per_ms=bytes_per_ms)
 
     async def _send_upstream(self, event: dict[str, Any], *, own: bool = False) -> str | None:
@@ -557,27 +612,44 @@ class Relay:
         text, if at all): applied to the log, so a later resume carries over only what was
         heard, and not sent upstream, which would refuse it."""
         item_id = event.get("item_id")
-        if self._log is None or not isinstance(item_id, str) or item_id not in self._earlier_ids:
+        conv = self._conversation
+        if conv is None or not isinstance(item_id, str) or item_id not in self._earlier_ids:
             return False
         try:
             index = int(event.get("content_index") or 0)
             end_ms = int(event.get("audio_end_ms") or 0)
         except (TypeError, ValueError):
             return False
-        self._log.truncate(item_id, index, end_ms)
+        conv.truncate(item_id, index, end_ms)
         log("relay.truncated_locally", conn=self.conn_id, item_id=item_id, audio_end_ms=end_ms)
         return True
 
     # ------------------------------------------------------------------------------ up -> client
 
     async def _upstream_pump(self) -> None:
-        assert self.upstream is not None
+        """The one reader of the upstream: the current session's events go to the page; while
+        resuming, the new session's feed the restore; when a session ends, resume or fail."""
         try:
             while True:
+                upstream = self.upstream
+                assert upstream is not None
                 try:
-                    await self._read_upstream()
-                except _SessionEnded as end:
-                    if not await self._after_session_end(end):
+                    text = await self._receive_upstream(upstream)
+                except asyncio.TimeoutError:  # only while restoring
+                    assert self.resume is not None
+                    timeout = self.resume.restore_timeout_s
+                    why = f"the new session did not answer within {timeout:g} s"
+                    if not await self._attempt_failed(why):
+                        return
+                    continue
+                try:
+                    if text is None:
+                        end = SessionEnd("closed", upstream.close_reason, upstream.close_code)
+                        raise _SessionEnded(end)
+                    self.stats.from_upstream += 1
+                    await self._from_upstream(text)
+                except _SessionEnded as ended:
+                    if not await self._session_ended(ended.end):
                         return
         except _ClientGone:
             self.stats.closed_by = self.stats.closed_by or "client"
@@ -586,28 +658,25 @@ class Relay:
         except Exception as exc:  # a bug must still end in one clear message, never silence
             await self._internal_error(exc)
 
-    async def _read_upstream(self) -> None:
-        """Relay the current upstream until it ends: :class:`_SessionEnded` when it may be
-        resumed, :class:`_UpstreamGone` otherwise."""
-        upstream = self.upstream
-        assert upstream is not None
-        while True:
-            text = await upstream.receive()
-            if text is None:
-                if self.resume is not None and not self._closing and self._failed is None:
-                    raise _SessionEnded("closed", upstream.close_reason, upstream.close_code)
-                raise _UpstreamGone
-            self.stats.from_upstream += 1
-            await self._from_upstream(text)
+    async def _receive_upstream(self, upstream: Channel) -> str | None:
+        if self.state is not RelayState.RESUMING:
+            return await upstream.receive()
+        left = self._restore_deadline - time.monotonic()
+        if left <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(upstream.receive(), left)
 
     async def _from_upstream(self, text: str) -> None:
+        if self.state is RelayState.RESUMING:
+            await self._restoring(text)
+            return
         kind = _peek_type(text)
         if kind in self._hot_server:
-            if self._log is not None:
+            if self._conversation is not None:
                 ga_kind = (
                     _PREVIEW_TO_GA_NAMES.get(kind, kind) if self.dialect == "preview" else kind
                 )
-                self._log.fold_hot(ga_kind, text)
+                self._conversation.apply_delta_text(ga_kind, text)
             if self.observer is not None:
                 event = json.loads(text)
                 if self.dialect == "preview":
@@ -627,13 +696,13 @@ class Relay:
         for event in events:
             if self.observer is not None:
                 self.observer("server", event)
-            if self._log is not None:
+            if self._conversation is not None:
                 if self._restored_ids and _is_restore_echo(event, self._restored_ids):
                     continue  # the page already shows the restored items
-                self._log.fold(event)
+                self._fold(event)
             if not await self._handle_server_event(event):
                 continue
-            if self._failed is not None:
+            if self._terminal:
                 return
             await self._send_client(event)
 
@@ -670,8 +739,12 @@ class Relay:
         error = event.get("error") or {}
         if error.get("event_id"):
             self._session.refused(error.get("event_id"))
-        if error.get("code") == "session_expired" and self.resume is not None and not self._closing:
-            raise _SessionEnded("session_expired", (error.get("message") or "").strip())
+        if (
+            error.get("code") == "session_expired"
+            and self.resume is not None
+            and not self._terminal
+        ):
+            raise _SessionEnded(SessionEnd("session_expired", (error.get("message") or "").strip()))
         if error.get("event_id") in self._own_event_ids:
             if error.get("event_id") == self._initial_id:
                 self._swallow_updated = False
@@ -710,27 +783,43 @@ class Relay:
 
     # ------------------------------------------------------------------------------ resume
 
-    async def _after_session_end(self, end: _SessionEnded) -> bool:
+    def _fold(self, event: dict[str, Any]) -> None:
+        """One decoded upstream event into the conversation kept for a resume (bounded)."""
+        conv = self._conversation
+        assert conv is not None
+        conv.apply(parse_server_event(event))
+        if event.get("type") in ("response.done", "conversation.item.added"):
+            conv.prune(self._keep_items)
+
+    def _restore_items(self) -> list[dict[str, Any]]:
+        assert self.resume is not None and self._conversation is not None
+        events = restore_events(
+            self._conversation, max_items=self.resume.max_items, max_chars=self.resume.max_chars
+        )
+        return [event["item"] for event in events]
+
+    async def _session_ended(self, end: SessionEnd) -> bool:
         """The upstream session ended: resume it (True: relay on), or tell the page once and
-        close (False)."""
-        if self._closing or self._failed is not None:
+        close (False). While resuming, it is the new session that ended: try the next one."""
+        if self.state is RelayState.RESUMING:
+            return await self._attempt_failed(end.describe())
+        if self._terminal:
             return False
-        assert self.resume is not None and self._log is not None
-        if end.cause == "closed" and not (
-            end.close_code is None or end.close_code in RESUMABLE_CLOSE_CODES
-        ):
+        if self.resume is None:
+            await self._upstream_gone()
+            return False
+        if not end.resumable:
             await self._upstream_gone()  # a deliberate close: today's message
             return False
-        events = self._log.restore_events(
-            max_items=self.resume.max_items, max_chars=self.resume.max_chars
-        )
-        if len(events) < self.resume.min_items:
-            log("relay.not_resumed", conn=self.conn_id, cause=end.cause, items=len(events))
+        items = self._restore_items()
+        if len(items) < self.resume.min_items:
+            log("relay.not_resumed", conn=self.conn_id, cause=end.cause, items=len(items))
             await self._end_without_resume(end)
             return False
-        return await self._resume(end)
+        await self._begin_resume(end)
+        return await self._next_attempt()
 
-    async def _end_without_resume(self, end: _SessionEnded) -> None:
+    async def _end_without_resume(self, end: SessionEnd) -> None:
         if end.cause == "session_expired":
             said = f" ({end.detail})" if end.detail else ""
             await self._fail(
@@ -751,16 +840,16 @@ class Relay:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _resume(self, end: _SessionEnded) -> bool:
-        """Open a new upstream session and carry the conversation over (bounded attempts);
-        True once the new session relays, False after one ``relay_error``."""
-        assert self.resume is not None and self._log is not None
+    async def _begin_resume(self, end: SessionEnd) -> None:
+        """Hold the page's events from now on, and tie up the old session's loose ends: its
+        server tools, its unanswered updates, its response in progress."""
+        assert self._conversation is not None
         async with self._upstream_lock:
-            self._resuming = True  # the page's events are held from now on
-        old = self.upstream
-        self._close_in_background(old)
+            self._to("session_ended")
+        self._close_in_background(self.upstream)
         log("relay.session_ended", conn=self.conn_id, cause=end.cause, code=end.close_code)
-        # the old session's loose ends: its server tools, its answers, its response in progress
+        self._ended = end
+        self._last_failure = None
         for task in list(self._tool_tasks):
             task.cancel()
         self._tools.reset()
@@ -768,7 +857,8 @@ class Relay:
         dropped = self._session.forget_unanswered()
         if dropped:
             log("relay.session_update_lost", 30, conn=self.conn_id, updates=dropped)
-        cut = self._log.end_responses()
+        cut = self._conversation.end_responses()
+        self._cut = bool(cut)
         for rid, output in cut.items():
             # the page must not wait for the end of a response that will never end
             await self._send_synthetic(
@@ -783,26 +873,48 @@ class Relay:
                     },
                 }
             )
-        self._earlier_ids = set(self._log.conversation.order)
-        last: str | None = None  # why the last attempt failed
+        self._earlier_ids = set(self._conversation.order)
+
+    async def _attempt_failed(self, why: str) -> bool:
+        """The new session failed while being set up: close it, try the next attempt."""
+        log("relay.resume_attempt_failed", 30, conn=self.conn_id, why=why)
+        self._last_failure = why
+        self._restore = None
+        self._close_in_background(self.upstream)
+        return await self._next_attempt()
+
+    async def _next_attempt(self) -> bool:
+        """Open new upstream sessions (within the budget) until one takes the restore events;
+        True then (its events now feed the restore), False after one ``relay_error``."""
+        assert self.resume is not None and self._ended is not None
+        end = self._ended
         while True:
-            delay = self._budget.next_delay(time.monotonic())
+            delay = self._policy.next_attempt(time.monotonic())
             if delay is None:
-                await self._fail(self._exhausted_error(end, last))
+                await self._fail(self._exhausted_error(end, self._last_failure))
                 return False
             if delay:
                 await asyncio.sleep(delay)
-            if self._closing:
+            if self._terminal:
                 return False
             try:
                 new = await self.connect()
             except RelayError as exc:
-                if exc.code in _RETRY_CONNECT:
-                    log("relay.resume_retry", 30, conn=self.conn_id, code=exc.code)
-                    last = exc.message
-                    continue
-                await self._fail(self._resume_failed(end, exc))
-                return False
+                verdict = (
+                    self._policy.after_failure(
+                        exc.failure, can_refresh=self.refresh_credential is not None
+                    )
+                    if exc.failure is not None
+                    else ("retry" if exc.code in _RETRY_CONNECT else "give_up")
+                )
+                if verdict == "give_up":
+                    await self._fail(self._resume_failed(end, exc))
+                    return False
+                if verdict == "refresh_credential" and self.refresh_credential is not None:
+                    self.refresh_credential()
+                log("relay.resume_retry", 30, conn=self.conn_id, code=exc.code)
+                self._last_failure = exc.message
+                continue
             except Exception as exc:  # a connector bug must still end in one clear message
                 log("relay.connect_failed", 40, conn=self.conn_id, error=repr(exc))
                 await self._fail(
@@ -817,79 +929,31 @@ class Relay:
                     )
                 )
                 return False
-            installed = False
-            try:
-                restored = await self._restore(new)
-                # The notice goes out before the held page events reach the new session, so the
-                # page reads it before any reply to them.
-                await self._send_synthetic(self._resumed_notice(end, restored, bool(cut)))
-                await self._install(new)
-                installed = True
-            except (_SessionEnded, asyncio.TimeoutError) as exc:
-                last = (
-                    exc.describe()
-                    if isinstance(exc, _SessionEnded)
-                    else "the new session did "
-                    f"not answer within {self.resume.restore_timeout_s:g} s"
-                )
-                log("relay.resume_attempt_failed", 30, conn=self.conn_id, why=last)
-                continue
-            finally:
-                if not installed:
-                    self._close_in_background(new)
-            break
-        self.stats.resumes += 1
-        log(
-            "relay.resumed",
-            conn=self.conn_id,
-            cause=end.cause,
-            items=restored,
-            held_dropped_audio_ms=round(self._held.dropped_audio_ms),
-        )
-        return True
+            if self._terminal:
+                self._close_in_background(new)
+                return False
+            if await self._send_restore(new):
+                return True
+            self._last_failure = SessionEnd("closed", new.close_reason, new.close_code).describe()
+            log("relay.resume_attempt_failed", 30, conn=self.conn_id, why=self._last_failure)
+            self._close_in_background(new)
 
-    @staticmethod
-    def _resumed_notice(end: _SessionEnded, restored: int, cut: bool) -> dict[str, Any]:
-        more = " The reply in progress was cut short." if cut else ""
-        noun = "item" if restored == 1 else "items"
-        return error_event(
-            "session_resumed",
-            f"{end.describe()}; a new session continues the conversation ({restored} {noun} "
-            f"restored).{more}",
-            error_type="relay_notice",
-        )
-
-    async def _send_synthetic(self, event: dict[str, Any]) -> None:
-        """An event the relay makes up for the page (GA vocabulary)."""
-        event.setdefault("event_id", f"relay_{uuid.uuid4().hex[:20]}")
-        if self.observer is not None:
-            self.observer("relay", event)
-        await self._send_client(event)
-
-    async def _restore(self, new: Channel) -> int:
-        """Set up a new upstream session: the accepted session configuration, then the recent
-        finished items, waiting until the session has acknowledged them. Returns how many items
-        it accepted; raises :class:`_SessionEnded` or ``TimeoutError`` when it fails."""
-        assert self.resume is not None and self._log is not None
+    async def _send_restore(self, new: Channel) -> bool:
+        """Send a new upstream session the accepted session configuration and the recent
+        finished items, and make it the upstream (the reader feeds its answers to the restore);
+        False if it closed at once."""
+        assert self.resume is not None
         initial = self.policy.initial_update()
         session = self._session.restore_session(initial["session"] if initial else None)
         if self.dialect == "ga":
             session.setdefault("type", "realtime")
-        update_id = f"relay_{uuid.uuid4().hex[:20]}"
-        outgoing: list[dict[str, Any]] = []
-        if session:
-            outgoing.append({"type": "session.update", "event_id": update_id, "session": session})
-        waiting: dict[str, str] = {}  # event id -> item id
-        for event in self._log.restore_events(
-            max_items=self.resume.max_items, max_chars=self.resume.max_chars
-        ):
-            item = dict(event["item"])
-            item.setdefault("id", f"item_{uuid.uuid4().hex[:24]}")
-            event_id = f"relay_{uuid.uuid4().hex[:20]}"
-            waiting[event_id] = item["id"]
-            outgoing.append({**event, "event_id": event_id, "item": item})
-        self._restored_ids = set(waiting.values())
-        for event in outgoing:
+        restore = Restore(
+            session or None,
+            self._restore_items(),
+            new_event_id=lambda: f"relay_{uuid.uuid4().hex[:20]}",
+            new_item_id=lambda: f"item_{uuid.uuid4().hex[:24]}",
+        )
+        for event in restore.events:
             self._own_event_ids.add(event["event_id"])
             if self.observer is not None:
                 self.observer("client", event)
@@ -899,64 +963,88 @@ class Relay:
             try:
                 await new.send(_dumps(wire))
             except ChannelClosed:
-                raise _SessionEnded("closed", new.close_reason, new.close_code) from None
+                return False
             self.stats.to_upstream += 1
-        accepted = 0
-        pending_items = {item_id: event_id for event_id, item_id in waiting.items()}
-        update_pending = bool(session)
-        deadline = time.monotonic() + self.resume.restore_timeout_s
-        while update_pending or pending_items:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise asyncio.TimeoutError
-            text = await asyncio.wait_for(new.receive(), left)
-            if text is None:
-                raise _SessionEnded("closed", new.close_reason, new.close_code)
-            self.stats.from_upstream += 1
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(raw, dict):
-                continue
-            batch = _dialect.preview_to_ga_server(raw) if self.dialect == "preview" else [raw]
-            for event in batch:
-                if self.observer is not None:
-                    self.observer("server", event)
-                kind = event.get("type")
-                if kind == "error":
-                    error = event.get("error") or {}
-                    if error.get("code") == "session_expired":
-                        raise _SessionEnded("session_expired", error.get("message") or "")
-                    refused_id = str(error.get("event_id") or "")
-                    if refused_id == update_id:
-                        update_pending = False
-                    elif refused_id in waiting:
-                        pending_items.pop(waiting[refused_id], None)
-                    log(
-                        "relay.restore_refused",
-                        30,
-                        conn=self.conn_id,
-                        code=error.get("code"),
-                        message=error.get("message"),
-                    )
-                elif kind in ("session.created", "session.updated"):
-                    self._log.fold(event)
-                    if kind == "session.updated":
-                        update_pending = False
-                elif kind == "conversation.item.added":
-                    item_id = str((event.get("item") or {}).get("id") or "")
-                    if pending_items.pop(item_id, None) is not None:
-                        accepted += 1
-                # anything else belongs to no one yet: the page's events are still held
-        return accepted
+        self.upstream = new
+        self._restore = restore
+        self._restored_ids = restore.item_ids
+        self._restore_deadline = time.monotonic() + self.resume.restore_timeout_s
+        if restore.done:
+            await self._restored()
+        return True
 
-    async def _install(self, new: Channel) -> None:
-        """Make ``new`` the upstream and send the page's held events to it, in order."""
+    async def _restoring(self, text: str) -> None:
+        """An event of the new session while it is set up: it answers the restore, or belongs
+        to no one yet (the page's events are still held)."""
+        restore = self._restore
+        assert restore is not None and self._conversation is not None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError:
+            return
+        if not isinstance(raw, dict):
+            return
+        batch = _dialect.preview_to_ga_server(raw) if self.dialect == "preview" else [raw]
+        for event in batch:
+            if self.observer is not None:
+                self.observer("server", event)
+            kind = event.get("type")
+            if kind in ("session.created", "session.updated"):
+                self._fold(event)
+            restore.on_event(event)
+            if kind == "error":
+                error = event.get("error") or {}
+                log(
+                    "relay.restore_refused",
+                    30,
+                    conn=self.conn_id,
+                    code=error.get("code"),
+                    message=error.get("message"),
+                )
+            if restore.ended is not None:
+                raise _SessionEnded(restore.ended)
+        if restore.done:
+            await self._restored()
+
+    async def _restored(self) -> None:
+        """The new session holds the conversation: tell the page, then let its held events go."""
+        restore, end = self._restore, self._ended
+        assert restore is not None and end is not None
+        self._restore = None
+        # The notice goes out before the held page events reach the new session, so the page
+        # reads it before any reply to them.
+        await self._send_synthetic(
+            error_event(
+                "session_resumed",
+                end.resumed_message(restore.accepted, self._cut),
+                error_type="relay_notice",
+            )
+        )
+        await self._install()
+        self._policy.succeeded()
+        self.stats.resumes += 1
+        log(
+            "relay.resumed",
+            conn=self.conn_id,
+            cause=end.cause,
+            items=restore.accepted,
+            held_dropped_audio_ms=round(self._held.dropped_audio_ms),
+        )
+
+    async def _send_synthetic(self, event: dict[str, Any]) -> None:
+        """An event the relay makes up for the page (GA vocabulary)."""
+        event.setdefault("event_id", f"relay_{uuid.uuid4().hex[:20]}")
+        if self.observer is not None:
+            self.observer("relay", event)
+        await self._send_client(event)
+
+    async def _install(self) -> None:
+        """Relay again, sending the page's held events to the new session first, in order."""
         async with self._upstream_lock:
-            self.upstream = new
+            self._to("restored")
+            new = self.upstream
+            assert new is not None
             held = self._held.take()
-            self._resuming = False
             for i, text in enumerate(held):
                 if _peek_type(text) == _TRUNCATE and self._held_truncate_is_local(text):
                     continue
@@ -974,7 +1062,7 @@ class Relay:
             return False
         return isinstance(event, dict) and self._truncate_locally(event)
 
-    def _exhausted_error(self, end: _SessionEnded, last: str | None) -> RelayError:
+    def _exhausted_error(self, end: SessionEnd, last: str | None) -> RelayError:
         assert self.resume is not None
         window = self.resume.window_s
         span = f"{window / 60:g} minutes" if window >= 60 else f"{window:g} s"
@@ -987,7 +1075,7 @@ class Relay:
             close_code=1000 if end.cause == "session_expired" else CLOSE_UPSTREAM,
         )
 
-    def _resume_failed(self, end: _SessionEnded, exc: RelayError) -> RelayError:
+    def _resume_failed(self, end: SessionEnd, exc: RelayError) -> RelayError:
         return RelayError(
             exc.code,
             f"{end.describe()}, and a new session could not be opened: {exc.message}",
@@ -1023,7 +1111,7 @@ class Relay:
         with contextlib.suppress(_UpstreamGone):  # the upstream pump reports it
             for event in end.events:
                 await self._send_upstream(event, own=True)
-            if end.follow_up is not None and not self._closing:
+            if end.follow_up is not None and not self._terminal:
                 await self._send_upstream(end.follow_up, own=True)
 
 

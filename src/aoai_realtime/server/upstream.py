@@ -14,7 +14,6 @@ The page picks an endpoint with ``?endpoint=E&deployment=D``:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import re
@@ -38,7 +37,9 @@ from ..auth import (
 from ..channel import AiohttpChannel
 from ..config import ConfigError, Settings, build_url, parse_endpoint
 from ..protocol.dialect import DialectName
+from ..protocol.handshake import HandshakeFailure
 from ..protocol.session import GA_VOICES, PREVIEW_VOICES
+from ..transport import HandshakeFailed, open_websocket
 from .errors import CLOSE_POLICY, RelayError, handshake_error
 from .local import LocalEngine
 from .logs import log
@@ -383,50 +384,17 @@ class Upstreams:
             resume=resume or None,
         )
         started = time.monotonic()
-        where = up.label[:1].upper() + up.label[1:]
         try:
-            ws = await asyncio.wait_for(
-                self._client_session().ws_connect(
-                    url,
-                    headers=headers,
-                    max_msg_size=self.max_msg_size,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                    autoping=True,
-                    compress=0,
-                ),
-                self.connect_timeout_s,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            retry = exc.headers.get("Retry-After") if exc.headers else None
-            log(
-                "upstream.refused",
-                30,
-                conn=conn_id,
+            ws = await open_websocket(
+                self._client_session(),
+                url,
+                headers=headers,
                 request_id=request_id,
-                status=exc.status,
-                retry_after=retry,
+                open_timeout=self.connect_timeout_s,
+                max_message_bytes=self.max_msg_size,
             )
-            raise handshake_error(
-                exc.status,
-                where=where,
-                deployment=up.deployment,
-                credential_hint=up.credential_hint,
-                retry_after=retry,
-            ) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            log("upstream.timeout", 30, conn=conn_id, request_id=request_id)
-            raise RelayError(
-                "upstream_unreachable",
-                f"{where} did not answer within {self.connect_timeout_s:g} s: check the endpoint "
-                "and the server's network, then press Start again.",
-            ) from exc
-        except aiohttp.ClientError as exc:
-            log("upstream.unreachable", 30, conn=conn_id, request_id=request_id, error=str(exc))
-            raise RelayError(
-                "upstream_unreachable",
-                f"Could not reach {up.label} ({type(exc).__name__}: {exc}): check the endpoint "
-                "and the server's network, then press Start again.",
-            ) from exc
+        except HandshakeFailed as exc:
+            raise self._refused(up, exc.failure, conn_id) from exc
         log(
             "upstream.connected",
             conn=conn_id,
@@ -434,6 +402,37 @@ class Upstreams:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return AiohttpChannel(ws)
+
+    def _refused(self, up: Upstream, failure: HandshakeFailure, conn_id: str) -> RelayError:
+        """The page's message for an upstream that could not be opened."""
+        where = up.label[:1].upper() + up.label[1:]
+        fields = {"conn": conn_id, "request_id": failure.request_id}
+        if failure.kind == "status":
+            retry = f"{failure.retry_after:g}" if failure.retry_after is not None else None
+            log("upstream.refused", 30, **fields, status=failure.status, retry_after=retry)
+            error = handshake_error(
+                failure.status or 0,
+                where=where,
+                deployment=up.deployment,
+                credential_hint=up.credential_hint,
+                retry_after=retry,
+            )
+        elif failure.kind == "timeout":
+            log("upstream.timeout", 30, **fields)
+            error = RelayError(
+                "upstream_unreachable",
+                f"{where} did not answer within {self.connect_timeout_s:g} s: check the endpoint "
+                "and the server's network, then press Start again.",
+            )
+        else:
+            log("upstream.unreachable", 30, **fields, error=failure.detail)
+            error = RelayError(
+                "upstream_unreachable",
+                f"Could not reach {up.label} ({failure.detail}): check the endpoint and the "
+                "server's network, then press Start again.",
+            )
+        error.failure = failure
+        return error
 
     async def close(self) -> None:
         if self._session is not None and self._session_factory is None:
