@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -45,6 +44,7 @@ from aoai_realtime.server.resume import (
     merge_session,
 )
 from aoai_realtime.server.tools import demo_tools
+from helpers import wait_idle
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -511,16 +511,16 @@ async def open_page(server: ServerThread, http: aiohttp.ClientSession) -> Page:
     return Page(await http.ws_connect(server.ws_url, max_msg_size=32 * 1024 * 1024))
 
 
-async def engine_sessions(engine: Any) -> int:
-    async with aiohttp.ClientSession() as http, http.get(engine.http_url + "/healthz") as resp:
-        return int((await resp.json())["sessions"])
+@pytest.fixture
+def base(resume_engine: Any) -> int:
+    """The engine's session count a test starts from: 0, once the sessions of the tests before
+    it have closed (a session may still be closing when the next test begins)."""
+    return wait_idle(resume_engine)
 
 
-async def wait_sessions(engine: Any, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := await engine_sessions(engine)) != count:
-        assert time.monotonic() < deadline, f"the engine has {now} sessions, not {count}"
-        await asyncio.sleep(0.05)
+async def wait_sessions(engine: Any, count: int, timeout: float = 10.0) -> None:
+    """Wait until the engine holds ``count`` sessions (woken by each change, not polled)."""
+    await engine.wait_sessions_async(count, timeout)
 
 
 def restore_of(records: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[Any]]:
@@ -549,10 +549,9 @@ def restore_of(records: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any
 
 
 async def test_expired_session_resumes_with_the_conversation(
-    server: ServerThread, resume_engine: Any, observed: Observed, faults: Any
+    server: ServerThread, resume_engine: Any, observed: Observed, faults: Any, base: int
 ) -> None:
     faults("expire:1.5", "")
-    base = await engine_sessions(resume_engine)
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
         await page.start()
@@ -571,7 +570,7 @@ async def test_expired_session_resumes_with_the_conversation(
         assert len([e for e in page.events if e["type"] == "session.created"]) == 1
         # the session the page set (text only) carried over: no audio in any response
         assert not [e for e in page.events if e["type"] == "response.output_audio.delta"]
-        assert await engine_sessions(resume_engine) == base + 1  # the old one is closed
+        await wait_sessions(resume_engine, base + 1)  # the old one is closed
 
         # what the new upstream session received: the session, then the items in order
         records = observed.last
@@ -697,11 +696,10 @@ async def test_response_in_progress_is_closed_for_the_page(
 
 
 async def test_page_events_during_the_gap_are_sent_to_the_new_session(
-    server: ServerThread, resume_engine: Any, faults: Any
+    server: ServerThread, resume_engine: Any, faults: Any, base: int
 ) -> None:
     faults("expire:1", "")
     server.config.resume_options = ResumeOptions(backoff_s=(0.5,))  # a gap of half a second
-    base = await engine_sessions(resume_engine)
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
         await page.start()
@@ -721,11 +719,10 @@ async def test_page_events_during_the_gap_are_sent_to_the_new_session(
 
 
 async def test_resume_attempts_are_bounded(
-    server: ServerThread, resume_engine: Any, faults: Any
+    server: ServerThread, resume_engine: Any, faults: Any, base: int
 ) -> None:
     # the first session lives 1 s; every resumed one expires at once
     faults("expire:1", "expire:0.2")
-    base = await engine_sessions(resume_engine)
     started = time.monotonic()
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
@@ -742,8 +739,8 @@ async def test_resume_attempts_are_bounded(
     assert time.monotonic() - started < 25
     # no loop: nothing is left running, and nothing starts again
     await wait_sessions(resume_engine, base)
-    await asyncio.sleep(1.0)
-    assert await engine_sessions(resume_engine) == base
+    with pytest.raises(TimeoutError):  # no session opens again within a second, even briefly
+        await wait_sessions(resume_engine, base + 1, timeout=1.0)
 
 
 async def test_refused_resume_is_one_relay_error(
