@@ -259,10 +259,8 @@ def test_azure_chat_deployments_get_the_api_key_header() -> None:
     assert brain.url.endswith("/chat/completions?api-version=2024-10-21")
 
 
-async def test_engine_with_a_chat_completions_brain(
-    speech_stack: Any, chat_server: ChatServer
-) -> None:
-    config = EngineConfig(port=0, speech=speech_stack, brain="chat", brain_url=chat_server.url)
+async def test_engine_with_a_chat_completions_brain(chat_server: ChatServer) -> None:
+    config = EngineConfig(port=0, no_speech=True, brain="chat", brain_url=chat_server.url)
     with EngineThread(config) as engine:
         async with aiohttp.ClientSession() as http, http.ws_connect(engine.ga_url()) as ws:
             await ws.receive_json()

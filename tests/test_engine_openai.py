@@ -1,4 +1,5 @@
-"""The official ``openai`` package's realtime client completes conversations with the engine."""
+"""The official ``openai`` package's realtime client completes conversations with the engine
+(typed turns: the engine without its speech models serves them, its audio is silence)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ async def _events_until_done(connection: Any) -> list[Any]:
     raise AssertionError("the connection closed before response.done")
 
 
-async def test_openai_package_text_conversation(scripted_engine: Any) -> None:
-    client = _client(scripted_engine)
+async def test_openai_package_text_conversation(text_engine: Any) -> None:
+    client = _client(text_engine)
     async with client.realtime.connect(model="gpt-realtime") as connection:
         await connection.session.update(
             session={"type": "realtime", "output_modalities": ["text"], "instructions": "Be kind."}
@@ -50,8 +51,8 @@ async def test_openai_package_text_conversation(scripted_engine: Any) -> None:
     assert done.response.usage.output_tokens > 0
 
 
-async def test_openai_package_audio_reply_and_function_call(scripted_engine: Any) -> None:
-    client = _client(scripted_engine)
+async def test_openai_package_audio_reply_and_function_call(text_engine: Any) -> None:
+    client = _client(text_engine)
     async with client.realtime.connect(model="gpt-realtime") as connection:
         await connection.session.update(
             session={
