@@ -81,6 +81,32 @@ def server(tool_engine: Any) -> Iterator[ServerThread]:
     srv.close()
 
 
+@pytest.fixture(scope="module")
+def memory_server(speech_stack: Any) -> Iterator[ServerThread]:
+    """The middle tier exactly as ``serve`` runs it without Azure settings: the engine in
+    process, reached through an in-memory channel (no engine socket at all)."""
+    from aoai_realtime.engine import EngineConfig
+    from aoai_realtime.server import LocalEngine, ServerConfig
+
+    engine = LocalEngine(
+        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT),
+        progress=lambda _: None,
+    )
+    upstreams = Upstreams(settings=None, local=engine, listen_host="127.0.0.1")
+    config = ServerConfig(host="127.0.0.1", port=0, policy=Policy.build(tools=demo_tools()))
+    srv = ServerThread(config, upstreams, bind="127.0.0.1")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(params=["socket", "memory"])
+def any_server(request: pytest.FixtureRequest) -> ServerThread:
+    """The middle tier with its engine over a WebSocket (``server``) and in memory."""
+    name = "server" if request.param == "socket" else "memory_server"
+    srv: ServerThread = request.getfixturevalue(name)
+    return srv
+
+
 class Page:
     """A WebSocket client of the relay that keeps every event it receives."""
 
@@ -236,7 +262,8 @@ async def test_origin_and_host_checks(server: ServerThread) -> None:
 # ------------------------------------------------------------------------------------ relaying
 
 
-async def test_text_message_is_answered_through_the_relay(server: ServerThread) -> None:
+async def test_text_message_is_answered_through_the_relay(any_server: ServerThread) -> None:
+    server = any_server
     async with aiohttp.ClientSession() as http:
         page = await open_page(server.ws_url, http)
         created = await page.next("session.created")
@@ -398,7 +425,8 @@ async def test_settable_fields_are_the_operators_choice(tool_engine: Any) -> Non
         srv.close()
 
 
-async def test_server_tool_runs_and_is_shown(server: ServerThread) -> None:
+async def test_server_tool_runs_and_is_shown(any_server: ServerThread) -> None:
+    server = any_server
     async with aiohttp.ClientSession() as http:
         page = await open_page(server.ws_url, http)
         await page.next("session.created")
@@ -572,8 +600,9 @@ def test_custom_azure_endpoint_resolution_on_loopback() -> None:
     ],
 )
 async def test_upstream_failure_is_one_clear_message_then_start_again(
-    server: ServerThread, fault: str, code: str, words: str, needs_response: bool
+    any_server: ServerThread, fault: str, code: str, words: str, needs_response: bool
 ) -> None:
+    server = any_server
     server.upstreams.local_query = {"fault": fault}
     try:
         async with aiohttp.ClientSession() as http:

@@ -2,8 +2,8 @@
 
 Inside, the engine speaks only the GA vocabulary. A preview connection's client events are
 translated in (``preview_to_ga_client``), and server events out (``ga_to_preview_server``, plus a
-``conversation.created`` after ``session.created``, and without the GA-only fields the preview
-protocol does not have: see :func:`_preview_only`). ``session.update`` is validated in the
+``conversation.created`` after ``session.created``; the GA-only fields the preview protocol does
+not have are left out by the translation). ``session.update`` is validated in the
 connection's own dialect, strictly, as the service does: GA needs ``session.type`` and knows no
 ``temperature``; the preview knows no ``session.type``.
 """
@@ -88,7 +88,7 @@ class Wire:
         """The JSON frames for one GA-vocabulary server event (none, one or two)."""
         if self.dialect is Dialect.GA:
             return [json.dumps(event)]
-        out = [_preview_only(e) for e in ga_to_preview_server(event, azure=self.azure)]
+        out = ga_to_preview_server(event, azure=self.azure)
         if event.get("type") == "session.created":
             out.append(
                 {
@@ -98,40 +98,6 @@ class Wire:
                 }
             )
         return [json.dumps(e) for e in out]
-
-
-_PREVIEW_INPUT_TOKEN_DETAILS = ("cached_tokens", "text_tokens", "audio_tokens")
-"""A preview response's ``usage.input_token_details`` (the preview spec and openai's beta types
-know these three; GA adds ``image_tokens`` and ``cached_tokens_details``)."""
-
-
-def _preview_only(event: dict[str, Any]) -> dict[str, Any]:
-    """A preview server event without the GA-only fields the engine's GA vocabulary carries.
-
-    The preview session has no ``expires_at`` (neither Azure's preview spec nor openai's beta
-    ``Session`` declares it), and the preview usage has no image tokens. Checked against openai's
-    own types by ``tests/test_openai_contract.py``. Copies what it changes: the engine's objects
-    are shared with the session.
-    """
-    kind = event.get("type")
-    if kind in ("session.created", "session.updated"):
-        session = event.get("session")
-        if isinstance(session, dict) and "expires_at" in session:
-            session = {k: v for k, v in session.items() if k != "expires_at"}
-            return {**event, "session": session}
-    elif kind in ("response.created", "response.done"):
-        response = event.get("response")
-        usage = response.get("usage") if isinstance(response, dict) else None
-        if not isinstance(response, dict) or not isinstance(usage, dict):
-            return event
-        details = usage.get("input_token_details")
-        if isinstance(details, dict) and any(
-            k not in _PREVIEW_INPUT_TOKEN_DETAILS for k in details
-        ):
-            details = {k: v for k, v in details.items() if k in _PREVIEW_INPUT_TOKEN_DETAILS}
-            usage = {**usage, "input_token_details": details}
-            return {**event, "response": {**response, "usage": usage}}
-    return event
 
 
 def _load(raw: str | bytes) -> dict[str, Any]:

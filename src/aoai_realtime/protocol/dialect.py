@@ -122,7 +122,21 @@ def response_to_preview(resp: dict[str, Any]) -> dict[str, Any]:
             out["output_audio_format"] = cfg.output_format
     if out.get("output"):
         out["output"] = [item_to_preview(i) for i in out["output"]]
+    usage = out.get("usage")
+    details = usage.get("input_token_details") if isinstance(usage, dict) else None
+    if (
+        isinstance(usage, dict)
+        and isinstance(details, dict)
+        and any(k not in _PREVIEW_INPUT_TOKEN_DETAILS for k in details)
+    ):
+        kept = {k: v for k, v in details.items() if k in _PREVIEW_INPUT_TOKEN_DETAILS}
+        out["usage"] = {**usage, "input_token_details": kept}
     return out
+
+
+_PREVIEW_INPUT_TOKEN_DETAILS = ("cached_tokens", "text_tokens", "audio_tokens")
+"""A preview response's ``usage.input_token_details`` (GA adds ``image_tokens`` and
+``cached_tokens_details``, which the preview protocol does not have)."""
 
 
 def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +219,7 @@ def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[d
         session = event.get("session") or {}
         cfg = SessionConfig.from_ga(session)
         prev = cfg.to_preview(azure=azure)
-        for key in ("id", "object", "expires_at", "temperature"):
+        for key in ("id", "object", "temperature"):  # no expires_at in the preview session
             if key in session:
                 prev[key] = session[key]
         return [{**event, "session": prev}]

@@ -247,7 +247,7 @@ async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None
 
     if upstreams.configured is None and upstreams.local is not None:
         print("aoai-realtime: starting the local engine", flush=True)
-        await upstreams.local.url()
+        await upstreams.local.start()
     app = create_app(config, upstreams)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -1,13 +1,24 @@
-"""The local engine as the middle tier's upstream: started in process, on first use or at once."""
+"""The local engine as the middle tier's upstream: started in process, on first use or at once.
+
+An in-process engine opens no socket: every page session reaches it through an in-memory
+channel (:meth:`LocalEngine.open_channel`), so an audio chunk costs no WebSocket framing and no
+loopback round trip on its way. An engine started elsewhere is reached over its WebSocket.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..channel import Channel
+from ..protocol.handshake import HandshakeFailure, parse_retry_after
+from ..transport import HandshakeFailed
 from .logs import log
+
+GA_PATH = "/openai/v1/realtime"
 
 __all__ = ["LocalEngine"]
 
@@ -19,11 +30,11 @@ def _print_progress(message: str) -> None:
 class LocalEngine:
     """The in-process local engine (or an already running one, given its URL).
 
-    ``await url()`` starts the engine on first use (the speech models load then, with progress
-    lines) and returns its base URL (``http://127.0.0.1:PORT``). ``config`` is an
-    :class:`~aoai_realtime.engine.config.EngineConfig`; by default the engine listens on an
-    ephemeral loopback port and shares this process's event loop, its models running in worker
-    threads.
+    ``await start()`` starts the in-process engine (the speech models load then, with progress
+    lines); :meth:`open_channel` does so on first use and opens a session in memory. ``config``
+    is an :class:`~aoai_realtime.engine.config.EngineConfig`; the engine shares this process's
+    event loop, its models running in worker threads, and listens on no port. An engine given
+    by ``url`` (:meth:`external`) is reached over its WebSocket at that base URL instead.
     """
 
     def __init__(
@@ -47,20 +58,49 @@ class LocalEngine:
 
     @property
     def started(self) -> bool:
-        return self._url is not None
+        return self._url is not None or self._running is not None
 
     @property
-    def port(self) -> int | None:
-        return getattr(self._running, "port", None)
+    def in_process(self) -> bool:
+        """True when this server runs the engine itself (reached in memory)."""
+        return self._url is None
 
-    async def url(self) -> str:
-        """The engine's base URL, starting it if needed. Raises ``RuntimeError`` (with what to
-        do) if it cannot start."""
-        if self._url is not None:
-            return self._url
+    async def url(self) -> str | None:
+        """The base URL of an external engine; ``None`` for the in-process one (it has none)."""
+        return self._url
+
+    async def open_channel(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Channel:
+        """A new session of the in-process engine (started if needed), through memory.
+
+        Raises :class:`~aoai_realtime.transport.HandshakeFailed` when the engine refuses it
+        (the same failure value as over a socket), ``RuntimeError`` when it cannot start."""
+        running = await self.start()
+        from ..engine.admission import EngineRefusal
+
+        try:
+            channel: Channel = await running.open_channel(GA_PATH, dict(query), headers)
+        except EngineRefusal as exc:
+            answered = dict(exc.headers)
+            failure = HandshakeFailure(
+                kind="status",
+                url=f"memory:{GA_PATH}",
+                status=exc.status,
+                headers=answered,
+                request_id=headers.get("x-ms-client-request-id"),
+                retry_after=parse_retry_after(answered, time.time()),
+                detail=str(exc),
+            )
+            raise HandshakeFailed(failure) from exc
+        return channel
+
+    async def start(self) -> Any:
+        """Start the in-process engine if it is not running; returns it. Raises
+        ``RuntimeError`` (with what to do) if it cannot start."""
+        if self._running is not None:
+            return self._running
         async with self._lock:
-            if self._url is not None:
-                return self._url
+            if self._running is not None:
+                return self._running
             if self._failure is not None:
                 raise RuntimeError(self._failure)
             try:
@@ -86,26 +126,21 @@ class LocalEngine:
                     self._failure = f"the speech models failed to load: {exc}"
                     log("engine.failed", 40, error=str(exc))
                     raise RuntimeError(self._failure) from exc
-            log("engine.starting", host=config.host, port=config.port or "auto")
+            log("engine.starting", transport="memory")
             try:
-                running = await start_engine(config)
+                running = await start_engine(config, listen=False)
             except Exception as exc:
                 self._failure = f"the local engine failed to start: {exc}"
                 log("engine.failed", 40, error=str(exc))
                 raise RuntimeError(self._failure) from exc
             self._running = running
-            self._url = str(running.url).rstrip("/")
-            for prefix in ("ws://", "wss://"):
-                if self._url.startswith(prefix):
-                    self._url = "http" + self._url[2:]
-            log("engine.ready", url=self._url)
-            return self._url
+            log("engine.ready", transport="memory")
+            return running
 
     async def close(self) -> None:
         running, self._running = self._running, None
         if running is None:
             return
-        self._url = None
         result = running.close()
         if inspect.isawaitable(result):
             await result

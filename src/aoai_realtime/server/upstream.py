@@ -34,7 +34,7 @@ from ..auth import (
     describe,
     new_request_id,
 )
-from ..channel import AiohttpChannel
+from ..channel import AiohttpChannel, Channel
 from ..config import ConfigError, Settings, build_url, parse_endpoint
 from ..protocol.dialect import DialectName
 from ..protocol.handshake import HandshakeFailure
@@ -46,6 +46,7 @@ from .logs import log
 
 __all__ = ["Upstream", "Upstreams", "is_loopback_host"]
 
+_MEMORY_BASE = "http://local-engine.memory"  # names the in-process engine in logs only
 _DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AZURE_OPENAI_SUFFIX = ".openai.azure.com"
 LOCAL_DEPLOYMENT = "gpt-realtime"
@@ -333,17 +334,9 @@ class Upstreams:
         upstream session that resumes a conversation."""
         if up.kind == "local" and up.base is None:
             assert self.local is not None
-            try:
-                base = await self.local.url()
-            except RuntimeError as exc:
-                raise RelayError(
-                    "upstream_unreachable",
-                    f"The local engine is not available: {exc}. See the server's log.",
-                ) from exc
+            base = await self.local.url() or _MEMORY_BASE
             url = build_url(base, dialect="ga", deployment=up.deployment)
-            query = self.local_query
-            if resume and self.local_resume_query is not None:
-                query = self.local_resume_query
+            query = self._local_query(resume)
             if query:
                 url += "&" + urlencode(query, doseq=True)
             return url
@@ -352,12 +345,19 @@ class Upstreams:
             up.base, dialect=up.dialect, deployment=up.deployment, api_version=up.api_version
         )
 
-    async def connect(self, up: Upstream, *, conn_id: str, resume: bool = False) -> AiohttpChannel:
-        """Open the upstream WebSocket for one client connection (``resume``: a new session for
-        a conversation whose session ended). Credentials are asked for each time, so an Entra ID
-        token is fresh."""
+    def _local_query(self, resume: bool) -> dict[str, str]:
+        if resume and self.local_resume_query is not None:
+            return self.local_resume_query
+        return self.local_query
+
+    async def connect(self, up: Upstream, *, conn_id: str, resume: bool = False) -> Channel:
+        """Open the upstream for one client connection (``resume``: a new session for a
+        conversation whose session ended): a WebSocket, or an in-memory channel to the
+        in-process engine. Credentials are asked for each time, so an Entra ID token is fresh."""
         url = await self.url_for(up, resume=resume)
         request_id = new_request_id()
+        if up.kind == "local" and self.local is not None and self.local.in_process:
+            return await self._connect_in_memory(up, url, conn_id, request_id, resume)
         try:
             auth = await up.credential.headers()
         except AuthError as exc:
@@ -402,6 +402,24 @@ class Upstreams:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return AiohttpChannel(ws)
+
+    async def _connect_in_memory(
+        self, up: Upstream, url: str, conn_id: str, request_id: str, resume: bool
+    ) -> Channel:
+        assert self.local is not None
+        log("upstream.connect", conn=conn_id, request_id=request_id, url=url, resume=resume or None)
+        query = {**self._local_query(resume), "model": up.deployment}
+        try:
+            channel = await self.local.open_channel(query, {REQUEST_ID_HEADER: request_id})
+        except HandshakeFailed as exc:
+            raise self._refused(up, exc.failure, conn_id) from exc
+        except RuntimeError as exc:
+            raise RelayError(
+                "upstream_unreachable",
+                f"The local engine is not available: {exc}. See the server's log.",
+            ) from exc
+        log("upstream.connected", conn=conn_id, request_id=request_id, transport="memory")
+        return channel
 
     def _refused(self, up: Upstream, failure: HandshakeFailure, conn_id: str) -> RelayError:
         """The page's message for an upstream that could not be opened."""
