@@ -63,6 +63,7 @@ from .protocol import events as ev
 from .protocol.conversation import Conversation
 from .protocol.dialect import DialectName, ga_to_preview_client, preview_to_ga_server
 from .protocol.handshake import HandshakeFailure
+from .protocol.requests import Answered, Excused, Request, Requests
 from .protocol.restore import (
     DEFAULT_MAX_CHARS,
     DEFAULT_MAX_ITEMS,
@@ -711,17 +712,13 @@ class _AudioInput:
 
 @dataclass(eq=False)
 class _Pending:
-    """A sent event waiting for its acknowledgement (or its ``error``)."""
+    """What the client keeps with an open request (:class:`~.protocol.requests.Request`)."""
 
-    event_id: str
-    kind: str
-    match: Callable[[ev.ServerEvent], bool]
     result: Callable[[ev.ServerEvent], Any]
     future: asyncio.Future[Any] | None
     stream: ResponseStream | None = None
     internal: bool = False
     timer: asyncio.TimerHandle | None = None
-    swallow_codes: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -801,8 +798,7 @@ class RealtimeClient:
         self._send_lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
-        self._pending: dict[str, _Pending] = {}
-        self._answered_swallowing: dict[str, tuple[str, ...]] = {}
+        self._requests = Requests()
         self._waiters: list[_Waiter] = []
         self._queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._dropped_warned = False
@@ -1247,44 +1243,37 @@ class RealtimeClient:
         event = {**event, "event_id": event_id}
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] | None = None if internal else loop.create_future()
-        pending = _Pending(
-            event_id=event_id,
-            kind=event["type"],
-            match=match,
-            result=result,
-            future=fut,
-            stream=stream,
-            internal=internal,
-            swallow_codes=swallow_codes,
+        handle = _Pending(result=result, future=fut, stream=stream, internal=internal)
+        request = self._requests.add(
+            Request(event_id, event["type"], match, excuse_codes=swallow_codes, handle=handle)
         )
-        self._pending[event_id] = pending
         limit = self.ack_timeout if timeout is None else timeout
         if fut is not None:
-            pending.timer = loop.call_later(limit, self._expire, pending, limit)
+            handle.timer = loop.call_later(limit, self._expire, request, limit)
         try:
             await self._send_wire(event, translate=translate)
         except BaseException:
-            self._drop_pending(pending)
+            self._drop_request(request)
             raise
         if fut is not None:
-            fut.add_done_callback(lambda _: self._drop_pending(pending))
+            fut.add_done_callback(lambda _: self._drop_request(request))
         return fut
 
-    def _expire(self, pending: _Pending, limit: float) -> None:
-        self._drop_pending(pending)
-        if pending.future is not None and not pending.future.done():
-            pending.future.set_exception(
+    def _expire(self, request: Request, limit: float) -> None:
+        self._drop_request(request)
+        fut = request.handle.future
+        if fut is not None and not fut.done():
+            fut.set_exception(
                 asyncio.TimeoutError(
-                    f"no answer to {pending.kind} (event_id {pending.event_id}) within "
+                    f"no answer to {request.kind} (event_id {request.event_id}) within "
                     f"{limit:g} s; raise ack_timeout if the service is slow"
                 )
             )
 
-    def _drop_pending(self, pending: _Pending) -> None:
-        if self._pending.get(pending.event_id) is pending:
-            del self._pending[pending.event_id]
-        if pending.timer is not None:
-            pending.timer.cancel()
+    def _drop_request(self, request: Request) -> None:
+        self._requests.drop(request)
+        if request.handle.timer is not None:
+            request.handle.timer.cancel()
 
     # ------------------------------------------------------------------ the high-level session
 
@@ -1724,8 +1713,10 @@ class RealtimeClient:
         self._queue_put(_End(None if normal else error))
 
     def _fail_all(self, error: ConnectionClosed) -> None:
-        for pending in list(self._pending.values()):
-            self._drop_pending(pending)
+        for request in self._requests.clear():
+            pending: _Pending = request.handle
+            if pending.timer is not None:
+                pending.timer.cancel()
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
             if pending.stream is not None:
@@ -1807,19 +1798,17 @@ class RealtimeClient:
                     del self._streams[rid]
 
         # Acknowledgements: one event acknowledges the oldest request it matches
-        for pending in list(self._pending.values()):
-            if pending.match(event):
-                self._drop_pending(pending)
-                if pending.swallow_codes:
-                    self._answered_swallowing[pending.event_id] = pending.swallow_codes
-                    while len(self._answered_swallowing) > 64:
-                        del self._answered_swallowing[next(iter(self._answered_swallowing))]
-                if pending.future is not None and not pending.future.done():
+        if not isinstance(event, ev.ErrorEvent):
+            answered = self._requests.on_event(event)
+            if isinstance(answered, Answered):
+                handle: _Pending = answered.request.handle
+                if handle.timer is not None:
+                    handle.timer.cancel()
+                if handle.future is not None and not handle.future.done():
                     try:
-                        pending.future.set_result(pending.result(event))
+                        handle.future.set_result(handle.result(event))
                     except Exception as exc:
-                        pending.future.set_exception(exc)
-                break
+                        handle.future.set_exception(exc)
 
         for waiter in list(self._waiters):
             if not waiter.future.done() and waiter.match(event):
@@ -1835,14 +1824,17 @@ class RealtimeClient:
 
     def _on_error(self, event: ev.ErrorEvent) -> bool:
         """Deliver an error to the request that caused it; True when it was delivered."""
-        pending = self._pending.get(event.error.event_id or "")
-        if pending is None:
+        outcome = self._requests.on_event(event)
+        if outcome is None:
+            return False
+        if outcome.request is None:
             # A cancel answered by the response's own response.done, then refused as "no
             # active response": the call already returned; the refusal is no news.
-            codes = self._answered_swallowing.get(event.error.event_id or "")
-            return codes is not None and event.error.code in codes
-        self._drop_pending(pending)
-        if event.error.code in pending.swallow_codes:
+            return True
+        pending: _Pending = outcome.request.handle
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if isinstance(outcome, Excused):
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result(None)
             return True
@@ -1850,7 +1842,9 @@ class RealtimeClient:
         if pending.stream is not None:
             pending.stream._finish(error)
         if pending.internal:
-            log.warning("the service refused %s sent by the client: %s", pending.kind, error)
+            log.warning(
+                "the service refused %s sent by the client: %s", outcome.request.kind, error
+            )
             return False  # nobody awaits it: the application sees it on the event stream
         if pending.future is not None and not pending.future.done():
             pending.future.set_exception(error)
@@ -1859,9 +1853,9 @@ class RealtimeClient:
     def _on_response_created(self, event: ev.ResponseCreated) -> None:
         rid = event.response.id or ""
         stream: ResponseStream | None = None
-        for pending in self._pending.values():
-            if pending.kind == "response.create":
-                stream = pending.stream
+        for request in self._requests:
+            if request.kind == "response.create":
+                stream = request.handle.stream
                 break
         if stream is None and self._stream_waiters:
             stream = ResponseStream(self.conversation.output_format)
