@@ -13,8 +13,7 @@ The SDK in a few names::
 for the preview dialect), or takes them as arguments. See ``docs/sdk.md``.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .auth import ApiKeyCredential, AuthError, Credential, EntraIdCredential
 from .client import (
     AuthenticationError,

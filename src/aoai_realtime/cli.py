@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(commands=lines))
         return 0
     if args[0] in ("-V", "--version"):
-        from . import __version__
+        from ._version import __version__
 
         print(f"aoai-realtime {__version__}")
         return 0

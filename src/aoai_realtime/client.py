@@ -45,7 +45,7 @@ import aiohttp
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from . import __version__
+from ._version import __version__
 from .audio import SAMPLE_RATE, Resampler, alaw_encode, decode_from_format, ulaw_encode
 from .auth import (
     REQUEST_ID_HEADER,

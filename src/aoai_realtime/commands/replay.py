@@ -24,6 +24,7 @@ from typing import Any
 from ..config import Settings
 from ..protocol.dialect import ga_to_preview_client, preview_to_ga_client
 from ..protocol.errors import ProtocolError
+from ..transport import HandshakeFailed, open_websocket
 from . import _common as common
 from .compare import DELTA_TYPES, Difference, Signature, compare, signatures, to_ga_server
 from .recording import Recording, RecordingError, read_recording
@@ -280,19 +281,23 @@ async def replay(
     headers = await target.headers()
     async with aiohttp.ClientSession() as http:
         try:
-            ws = await asyncio.wait_for(
-                http.ws_connect(target.url, headers=headers, max_msg_size=64 * 1024 * 1024),
-                timeout,
+            ws = await open_websocket(
+                http,
+                target.url,
+                headers=headers,
+                open_timeout=timeout,
+                max_message_bytes=64 * 1024 * 1024,
             )
-        except aiohttp.WSServerHandshakeError as exc:
+        except HandshakeFailed as exc:
+            failure = exc.failure
+            if failure.kind == "status":
+                raise common.CommandError(
+                    f"{target.label} refused the connection: HTTP {failure.status} "
+                    f"{failure.detail} (run `aoai-realtime doctor`)",
+                    2,
+                ) from None
             raise common.CommandError(
-                f"{target.label} refused the connection: HTTP {exc.status} {exc.message} "
-                "(run `aoai-realtime doctor`)",
-                2,
-            ) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise common.CommandError(
-                f"cannot connect to {target.label}: {exc or type(exc).__name__}", 2
+                f"cannot connect to {target.label}: {failure.detail or failure.kind}", 2
             ) from None
 
         async def reader() -> None:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .. import __version__
+from .._version import __version__
 from ..channel import AiohttpChannel
 from ..protocol.dialect import PREVIEW_SERVER_NAMES
 from .errors import RelayError

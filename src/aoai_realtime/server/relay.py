@@ -47,7 +47,7 @@ from typing import Any
 from ..channel import Channel, ChannelClosed
 from ..protocol import dialect as _dialect
 from ..protocol.conversation import Conversation
-from ..protocol.dialect import DialectName
+from ..protocol.dialect import PREVIEW_SERVER_NAMES, DialectName
 from ..protocol.errors import ProtocolError
 from ..protocol.events import parse_server_event
 from ..protocol.restore import restore_events
@@ -100,12 +100,10 @@ _HOT_SERVER_PREVIEW = frozenset(
         "conversation.item.input_audio_transcription.delta",
     }
 )
-_GA_TO_PREVIEW_NAMES = {
-    "response.output_audio.delta": "response.audio.delta",
-    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
-    "response.output_text.delta": "response.text.delta",
+_PREVIEW_TO_GA_NAMES = {  # the hot deltas' renames, from the protocol's one table
+    k: v for k, v in PREVIEW_SERVER_NAMES.items() if k in _HOT_SERVER_PREVIEW
 }
-_PREVIEW_TO_GA_NAMES = {v: k for k, v in _GA_TO_PREVIEW_NAMES.items()}
+_GA_TO_PREVIEW_NAMES = {v: k for k, v in _PREVIEW_TO_GA_NAMES.items()}
 _HOT_CLIENT = frozenset({"input_audio_buffer.append"})
 _OUTPUT_ITEM_EVENTS = frozenset(
     {"conversation.item.added", "conversation.item.done", "conversation.item.retrieved"}

@@ -34,8 +34,10 @@ class ResumeOptions:
 
     ``max_attempts`` resume attempts per page connection within ``window_s`` seconds, waiting
     ``backoff_s[n]`` before the attempt that has ``n`` others before it in the window (the last
-    entry repeats). A failed handshake of a resume attempt ends the page's session, except an
-    unreachable upstream or a 5xx, which count as an attempt and are tried again. ``max_items`` and
+    entry repeats). Whether a failed handshake of a resume attempt is tried again is the protocol's
+    one rule (:func:`~aoai_realtime.protocol.handshake.classify`): the network or a 5xx is
+    retried within the budget, a 401 gets one more try with a fresh token when the credential
+    can fetch one, anything else ends the page's session. ``max_items`` and
     ``max_chars`` bound the history carried over; a session with fewer than ``min_items`` items to
     carry over is not resumed (the page is told as before, one ``relay_error``). Page audio that
     arrives while the new session is set up is kept up to the last ``held_audio_ms``
