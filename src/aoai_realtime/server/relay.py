@@ -14,9 +14,10 @@ What it does on the way:
   (``policy_violation``, not fatal);
 * sends the operator's initial ``session.update`` as soon as the upstream is connected, so server
   tools are registered even if the client never sends one;
-* runs server tools: on ``response.function_call_arguments.done`` it runs the tool, sends the
-  ``function_call_output`` item, and ``response.create`` once that response's ``response.done``
-  has arrived (only if it completed);
+* runs server tools on the shared tool turn (:class:`~aoai_realtime.protocol.tools.ToolTurn`,
+  as the SDK does): each call once, with the policy's timeout; once the response is done and
+  every call has its output, the ``function_call_output`` items, then one ``response.create``
+  (only if the response completed);
 * resumes the conversation when the service ends the session (``session_expired``, or a
   connection that drops: 1001/1006/1011/...): a new upstream session gets the session
   configuration and the recent finished history again, the page's events wait meanwhile, and the
