@@ -43,6 +43,7 @@ import aiohttp
 
 from aoai_realtime.channel import AiohttpChannel, Channel
 from aoai_realtime.config import Settings
+from aoai_realtime.protocol.dialect import PREVIEW_SERVER_NAMES
 from aoai_realtime.server import LocalEngine, Policy, ServerConfig, ServerThread, Upstreams
 from aoai_realtime.server.tools import demo_tools
 
@@ -102,15 +103,7 @@ ENGINE_SCRIPT: dict[str, Any] = {
 WAIT = 90.0
 """How long a test waits for an event: generous, the machine may be busy; no test asserts speed."""
 
-GA_TO_PREVIEW = {
-    "response.output_audio.delta": "response.audio.delta",
-    "response.output_audio.done": "response.audio.done",
-    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
-    "response.output_audio_transcript.done": "response.audio_transcript.done",
-    "response.output_text.delta": "response.text.delta",
-    "response.output_text.done": "response.text.done",
-    "conversation.item.added": "conversation.item.created",
-}
+GA_TO_PREVIEW = {ga: preview for preview, ga in PREVIEW_SERVER_NAMES.items()}
 """The GA names of server events whose preview names differ (the rest are the same)."""
 
 

@@ -43,18 +43,13 @@ from openai.types.beta.realtime import RealtimeServerEvent as PreviewServerEvent
 from openai.types.realtime import RealtimeServerEvent as GAServerEvent  # noqa: E402
 
 from aoai_realtime.audio import b64encode_audio, ulaw_encode  # noqa: E402
+from aoai_realtime.protocol.dialect import PREVIEW_SERVER_NAMES
 
 WAIT = 90.0  # generous: the machine may be busy; nothing here asserts speed
 DIALECTS = pytest.mark.parametrize("dialect", ["ga", "preview"])
 
 GA_TO_PREVIEW = {
-    "response.output_audio.delta": "response.audio.delta",
-    "response.output_audio.done": "response.audio.done",
-    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
-    "response.output_audio_transcript.done": "response.audio_transcript.done",
-    "response.output_text.delta": "response.text.delta",
-    "response.output_text.done": "response.text.done",
-    "conversation.item.added": "conversation.item.created",
+    **{ga: preview for preview, ga in PREVIEW_SERVER_NAMES.items()},
     "conversation.item.done": "conversation.item.created",
 }
 GET_TIME_TOOL = {
