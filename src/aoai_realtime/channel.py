@@ -168,9 +168,14 @@ class AiohttpChannel:
     (as the service sometimes does) costs at most that long, never the 10-20 s default.
     """
 
-    def __init__(self, ws: Any, *, close_timeout: float = 2.0) -> None:
+    def __init__(
+        self, ws: Any, *, close_timeout: float = 2.0, binary_as_text: bool = False
+    ) -> None:
         self.ws = ws
         self.close_timeout = close_timeout
+        self.binary_as_text = binary_as_text
+        """Read binary frames as text (invalid UTF-8 replaced) instead of skipping them: a
+        server answers them with ``invalid_json``, as the service does."""
         self._close_code: int | None = None
         self._close_reason = ""
 
@@ -183,12 +188,14 @@ class AiohttpChannel:
             if msg.type == WSMsgType.TEXT:
                 text: str = msg.data
                 return text
+            if msg.type == WSMsgType.BINARY and self.binary_as_text:
+                return bytes(msg.data).decode("utf-8", errors="replace")
             if msg.type in _CLOSED_TYPES:
                 if msg.type == WSMsgType.CLOSE:
                     self._close_code = msg.data if isinstance(msg.data, int) else None
                     self._close_reason = msg.extra or ""
                 return None
-            # BINARY, PING, PONG: the realtime protocol is JSON text; skip.
+            # BINARY (unless binary_as_text), PING, PONG: the protocol is JSON text; skip.
 
     async def send(self, text: str) -> None:
         if self.ws.closed:

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .._threads import LoopThread, Stop, start_site
 from ..channel import AiohttpChannel, Channel, memory_pair
@@ -386,7 +385,7 @@ def _realtime_handler(path: str) -> Callable[[web.Request], Any]:
                 )
             )
         await ws.prepare(request)
-        await engine.serve(engine.connection(_WebSocketChannel(ws), admission))
+        await engine.serve(engine.connection(AiohttpChannel(ws, binary_as_text=True), admission))
         return ws
 
     return handler
@@ -394,32 +393,6 @@ def _realtime_handler(path: str) -> Callable[[web.Request], Any]:
 
 def _refused(exc: EngineRefusal) -> web.Response:
     return web.json_response(exc.body, status=exc.status, headers=exc.headers or None)
-
-
-class _WebSocketChannel(AiohttpChannel):
-    """The engine's side of an aiohttp WebSocket.
-
-    Binary frames are read as text (invalid UTF-8 replaced), not skipped: the service answers
-    them with an ``invalid_json`` error, and so does the engine.
-    """
-
-    async def receive(self) -> str | None:
-        while True:
-            try:
-                msg = await self.ws.receive()
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                return None
-            if msg.type == WSMsgType.BINARY:
-                return bytes(msg.data).decode("utf-8", errors="replace")
-            if msg.type in (WSMsgType.PING, WSMsgType.PONG):
-                continue
-            if msg.type == WSMsgType.TEXT:
-                text: str = msg.data
-                return text
-            if msg.type == WSMsgType.CLOSE:
-                self._close_code = msg.data if isinstance(msg.data, int) else None
-                self._close_reason = msg.extra or ""
-            return None
 
 
 # ------------------------------------------------------------------------------ connections
