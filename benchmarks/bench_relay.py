@@ -1013,7 +1013,9 @@ def main() -> int:
         asyncio.run(run_upstream(args.frame_ms, args.port_file))
         return 0
     if args.role == "relay":
-        asyncio.run(run_relay(args.upstream_port, args.port_file))
+        from aoai_realtime._threads import run as run_loop  # the loop serve runs on
+
+        run_loop(run_relay(args.upstream_port, args.port_file))
         return 0
     if args.role == "plain":
         asyncio.run(run_plain(args.upstream_port, args.port_file, not args.plain_forward_original))

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from .._threads import run as run_loop
 from .config import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, EngineConfig
 from .faults import Faults, FaultSpecError
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         no_speech=args.no_speech,
     )
     try:
-        return asyncio.run(_serve(config))
+        return run_loop(_serve(config))
     except KeyboardInterrupt:
         return 130
 

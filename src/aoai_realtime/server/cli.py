@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._threads import run as run_loop
 from ..config import ConfigError, Settings, build_url
 from .app import ServerConfig, create_app
 from .local import LocalEngine
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aoai-realtime serve: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, upstreams))
+        run_loop(serve(config, upstreams))
     except OSError as exc:
         print(
             f"aoai-realtime serve: cannot listen on {config.host}:{config.port} ({exc.strerror or exc}): "
