@@ -12,10 +12,17 @@ helpers``: pytest puts this folder on ``sys.path``).
 ``memory_engine(**options)``                 a speechless scripted engine in the caller's loop,
                                              with no socket (``async with``): reach it with
                                              :func:`open_memory`
-``connect(engine, dialect, query=, headers=)``  a :class:`Client` over a real WebSocket
-``open_memory(engine, dialect, query=, headers=)``  a :class:`Client` over an in-memory channel
-``Client``                                   a minimal realtime client: JSON events in order,
-                                             ``wait_for``/``until``/``error``/``update``...
+``Client``                                   the one test client, of an engine or of the
+                                             middle tier: every event kept (``events``,
+                                             ``raw``), ``wait_for``/``recv``/``until``,
+                                             ``say``/``ask``/``say_text``/``update``/``append``,
+                                             ``drain_until_closed``, ``errors(kind)``...
+``connect(engine, dialect, query=, headers=)``  a :class:`Client` of an engine over a real
+                                             WebSocket, past ``session.created``
+``open_memory(engine, dialect, query=, headers=)``  the same over an in-memory channel
+``open_page(server, http, **query)``         a page of the middle tier: a GA :class:`Client`
+                                             over its WebSocket (``page.ws.close()`` ends it)
+``websocket(http, url, params=, headers=)``  the one ``ws_connect`` the clients use
 ``audio_of(events)``, ``text_of(events, kind)``  what a list of events carried
 ``wait_idle(engine)``                        wait until an ``EngineThread`` holds no session
                                              (before counting sessions); returns 0
@@ -144,21 +151,39 @@ async def memory_engine(**options: Any) -> AsyncIterator[Any]:
 
 
 class Client:
-    """A minimal realtime client for tests: JSON events, every one kept in order.
+    """A realtime client for tests: JSON events, every one kept in order.
+
+    The one test client: of an engine (:func:`connect`, :func:`open_memory`) and of the middle
+    tier (:func:`open_page`: a page is a realtime client over a WebSocket, GA dialect). It keeps
+    every event it received (``events``) and each one's text as it came (``raw``). Waits
+    (:meth:`wait_for`, :meth:`recv`, :meth:`until`) look at the events after those an earlier
+    wait looked at, receiving more as needed; they pass over the events they do not want, and
+    fail with an ``AssertionError`` that lists the last events received (on a timeout, or when
+    the peer closes first).
 
     It works on any :class:`~aoai_realtime.channel.Channel`; over a WebSocket, ``ws`` is the
-    aiohttp WebSocket too (for raw frames), over an in-memory channel it is ``None``.
+    aiohttp WebSocket too (for raw frames, headers, the transport), over an in-memory channel it
+    is ``None``. With ``id_prefix``, every event received must have an ``event_id`` starting
+    with it (the engine's are ``event_...``).
     """
 
-    def __init__(self, channel: Channel, dialect: str, ws: Any = None) -> None:
+    def __init__(
+        self, channel: Channel, dialect: str = "ga", ws: Any = None, *, id_prefix: str | None = None
+    ) -> None:
         self.channel = channel
         self.ws = ws
         self.dialect = dialect
+        self.id_prefix = id_prefix
         self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.looked = 0
+        """How many of ``events`` a wait has looked at: the next wait starts after them."""
 
     def t(self, ga_type: str) -> str:
         """An event type in this connection's dialect."""
         return GA_TO_PREVIEW.get(ga_type, ga_type) if self.dialect == "preview" else ga_type
+
+    # ---------------------------------------------------------------------------- sending
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.channel.send(json.dumps(event))
@@ -166,76 +191,8 @@ class Client:
     async def send_raw(self, text: str) -> None:
         await self.channel.send(text)
 
-    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
-        text = await asyncio.wait_for(self.channel.receive(), timeout)
-        if text is None:
-            raise ConnectionError(
-                f"closed ({self.channel.close_code}) while an event was awaited; "
-                f"last: {self.events[-3:]}"
-            )
-        event: dict[str, Any] = json.loads(text)
-        assert event.get("event_id", "").startswith("event_"), event
-        self.events.append(event)
-        return event
-
-    async def closed(self, timeout: float = WAIT) -> int | None:
-        """Receive (and keep) events until the peer closes; returns its close code."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"not closed within {timeout} s; last: {self.events[-3:]}")
-            text = await asyncio.wait_for(self.channel.receive(), left)
-            if text is None:
-                return self.channel.close_code
-            self.events.append(json.loads(text))
-
-    async def wait_for(
-        self,
-        ga_type: str,
-        where: Callable[[dict[str, Any]], bool] | None = None,
-        timeout: float = WAIT,
-    ) -> dict[str, Any]:
-        """Receive until an event of this (GA-named) type arrives; return it."""
-        kind = self.t(ga_type)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"no {kind} within {timeout} s; last: {self.events[-3:]}")
-            event = await self.recv(timeout=left)
-            if event["type"] == kind and (where is None or where(event)):
-                return event
-
-    async def until(self, ga_type: str, timeout: float = WAIT) -> list[dict[str, Any]]:
-        """Every event received up to and including the next one of this type."""
-        start = len(self.events)
-        await self.wait_for(ga_type, timeout=timeout)
-        return self.events[start:]
-
-    async def error(self) -> dict[str, Any]:
-        event = await self.wait_for("error")
-        error: dict[str, Any] = event["error"]
-        return error
-
-    async def append(self, pcm: bytes, chunk_ms: int = 40, encode: Any = None) -> None:
-        """Send audio as ``input_audio_buffer.append`` chunks (faster than real time)."""
-        step = 48 * chunk_ms
-        for i in range(0, len(pcm), step):
-            chunk = pcm[i : i + step]
-            data = encode(chunk) if encode else chunk
-            audio = base64.b64encode(data).decode("ascii")
-            await self.send({"type": "input_audio_buffer.append", "audio": audio})
-
-    async def update(self, **session: Any) -> dict[str, Any]:
-        if self.dialect == "ga":
-            session.setdefault("type", "realtime")
-        await self.send({"type": "session.update", "session": session})
-        return await self.wait_for("session.updated")
-
     async def say_text(self, text: str) -> None:
+        """A typed user message (``conversation.item.create``), without a response."""
         await self.send(
             {
                 "type": "conversation.item.create",
@@ -247,6 +204,164 @@ class Client:
             }
         )
 
+    async def say(self, text: str, *, wait: bool = True, **response: Any) -> dict[str, Any]:
+        """A typed user message and a ``response.create`` (with ``response`` fields, if any);
+        returns the ``response.done`` event (or ``{}`` at once without ``wait``)."""
+        await self.say_text(text)
+        await self.send({"type": "response.create", **({"response": response} if response else {})})
+        return await self.wait_for("response.done") if wait else {}
+
+    async def ask(self, text: str, **response: Any) -> str:
+        """:meth:`say`, the response must complete; returns its reply (:meth:`reply_of`)."""
+        done = await self.say(text, **response)
+        assert done["response"]["status"] == "completed", done
+        return self.reply_of(done["response"]["id"])
+
+    async def append(self, pcm: bytes, chunk_ms: int = 40, encode: Any = None) -> None:
+        """Send audio as ``input_audio_buffer.append`` chunks (faster than real time)."""
+        step = 48 * chunk_ms
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step]
+            data = encode(chunk) if encode else chunk
+            audio = base64.b64encode(data).decode("ascii")
+            await self.send({"type": "input_audio_buffer.append", "audio": audio})
+
+    async def update(self, **session: Any) -> dict[str, Any]:
+        """``session.update`` (GA: ``type`` ``realtime`` unless given); returns
+        ``session.updated``."""
+        if self.dialect == "ga":
+            session.setdefault("type", "realtime")
+        await self.send({"type": "session.update", "session": session})
+        return await self.wait_for("session.updated")
+
+    # ---------------------------------------------------------------------------- receiving
+
+    def last_events(self, n: int = 15) -> list[str]:
+        """The types of the last ``n`` events received (an error's code too): for messages."""
+        return [
+            f"error({e['error'].get('code')})" if e.get("type") == "error" else str(e.get("type"))
+            for e in self.events[-n:]
+        ]
+
+    async def _receive(self, timeout: float) -> dict[str, Any] | None:
+        """One more event from the peer, kept; ``None`` once the peer has closed."""
+        text = await asyncio.wait_for(self.channel.receive(), timeout)
+        if text is None:
+            return None
+        event: dict[str, Any] = json.loads(text)
+        if self.id_prefix is not None:
+            assert str(event.get("event_id", "")).startswith(self.id_prefix), event
+        self.raw.append(text)
+        self.events.append(event)
+        return event
+
+    async def wait_for(
+        self,
+        ga_type: str | None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = WAIT,
+        *,
+        since: int | None = None,
+    ) -> dict[str, Any]:
+        """The next event of this (GA-named) type (``None``: of any type) that passes
+        ``where``, after those an earlier wait looked at (with ``since``: at or after that
+        index of ``events``), receiving more as needed."""
+        kind = self.t(ga_type) if ga_type is not None else None
+        what = kind or "event"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        index = self.looked if since is None else since
+        while True:
+            while index < len(self.events):
+                event = self.events[index]
+                index += 1
+                self.looked = max(self.looked, index)
+                if (kind is None or event["type"] == kind) and (where is None or where(event)):
+                    return event
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(
+                    f"no {what} within {timeout} s; last events: {self.last_events()}"
+                )
+            try:
+                received = await self._receive(left)
+            except asyncio.TimeoutError:
+                continue
+            if received is None:
+                raise AssertionError(
+                    f"closed ({self.channel.close_code}) before {what}; "
+                    f"last events: {self.last_events()}"
+                )
+
+    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        """The next event, of any type."""
+        return await self.wait_for(None, timeout=timeout)
+
+    async def until(self, ga_type: str, timeout: float = WAIT) -> list[dict[str, Any]]:
+        """Every event from the next one up to and including the next one of this type."""
+        start = self.looked
+        await self.wait_for(ga_type, timeout=timeout)
+        return self.events[start : self.looked]
+
+    async def error(self) -> dict[str, Any]:
+        """The next ``error`` event's ``error``."""
+        event = await self.wait_for("error")
+        error: dict[str, Any] = event["error"]
+        return error
+
+    async def drain_until_closed(self, timeout: float = WAIT) -> int | None:
+        """Receive (and keep) events until the peer closes; returns its close code."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                received = await self._receive(left)
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"not closed within {timeout} s; last events: {self.last_events()}"
+                ) from None
+            if received is None:
+                return self.channel.close_code
+
+    # ---------------------------------------------------------------------------- what came
+
+    def of_type(self, ga_type: str) -> list[dict[str, Any]]:
+        """Every event received of this (GA-named) type."""
+        kind = self.t(ga_type)
+        return [e for e in self.events if e["type"] == kind]
+
+    def errors(self, kind: str) -> list[dict[str, Any]]:
+        """The ``error`` of every ``error`` event received whose ``error.type`` is ``kind``
+        (``relay_error``, ``relay_notice``, ``invalid_request_error``...)."""
+        return [e["error"] for e in self.of_type("error") if e["error"]["type"] == kind]
+
+    def reply_of(self, response_id: str) -> str:
+        """What that response said: its last text, or audio transcript (``""`` if none)."""
+        for event in reversed(self.events):
+            if event.get("response_id") != response_id:
+                continue
+            if event["type"] == self.t("response.output_text.done"):
+                return str(event["text"])
+            if event["type"] == self.t("response.output_audio_transcript.done"):
+                return str(event["transcript"])
+        return ""
+
+
+async def websocket(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> aiohttp.ClientWebSocketResponse:
+    """The one WebSocket the test clients open (messages up to 64 MiB)."""
+    return await http.ws_connect(
+        url, params=params or None, headers=headers, max_msg_size=64 * 2**20
+    )
+
 
 @contextlib.asynccontextmanager
 async def connect(
@@ -256,11 +371,8 @@ async def connect(
     url = engine.ga_url() if dialect == "ga" else engine.preview_url()
     if query:
         url += "&" + query
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(url, headers=headers, max_msg_size=64 * 2**20) as ws,
-    ):
-        client = Client(AiohttpChannel(ws), dialect, ws)
+    async with aiohttp.ClientSession() as http, await websocket(http, url, headers=headers) as ws:
+        client = Client(AiohttpChannel(ws), dialect, ws, id_prefix="event_")
         await client.wait_for("session.created")
         yield client
 
@@ -281,11 +393,22 @@ async def open_memory(
         path, base = "/openai/realtime", {"api-version": "2025-04-01-preview", "deployment": "d"}
     channel = await engine.open_channel(path, {**base, **(query or {})}, headers or {})
     try:
-        client = Client(channel, dialect)
+        client = Client(channel, dialect, id_prefix="event_")
         await client.wait_for("session.created")
         yield client
     finally:
         await channel.close()
+
+
+async def open_page(
+    server: ServerThread | str, http: aiohttp.ClientSession, **query: str
+) -> Client:
+    """A page of the middle tier ``server`` (or its ``ws_url``): a GA :class:`Client` over a
+    WebSocket, with ``query`` parameters (``endpoint``, ``deployment``); nothing received yet,
+    not even ``session.created``. Close it with ``page.ws.close()``."""
+    url = server if isinstance(server, str) else server.ws_url
+    ws = await websocket(http, url, params=query)
+    return Client(AiohttpChannel(ws), "ga", ws)
 
 
 def audio_of(events: list[dict[str, Any]], kind: str = "response.output_audio.delta") -> bytes:

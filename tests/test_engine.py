@@ -1046,7 +1046,7 @@ async def test_the_close_fault_reaches_the_channels_close_code() -> None:
     ):
         await rt.send({"type": "input_audio_buffer.clear"})
         assert (await rt.recv())["type"] == "input_audio_buffer.cleared"
-        assert await rt.closed() == 4001
+        assert await rt.drain_until_closed() == 4001
         await engine.wait_sessions(0)  # the engine ended the session as well
 
 
@@ -1054,7 +1054,7 @@ async def test_the_expire_fault_over_an_in_memory_channel() -> None:
     async with memory_engine() as engine, open_memory(engine, query={"fault": "expire:0.3"}) as rt:
         error = await rt.error()
         assert error["code"] == "session_expired"
-        assert await rt.closed() == 1000
+        assert await rt.drain_until_closed() == 1000
 
 
 async def test_engine_wide_faults_and_delay_audio_over_an_in_memory_channel() -> None:

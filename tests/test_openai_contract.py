@@ -21,7 +21,6 @@ Run with ``-s`` to see how many events of each type were validated.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import copy
@@ -43,9 +42,10 @@ from openai.types.beta.realtime import RealtimeServerEvent as PreviewServerEvent
 from openai.types.realtime import RealtimeServerEvent as GAServerEvent  # noqa: E402
 
 from aoai_realtime.audio import b64encode_audio, ulaw_encode  # noqa: E402
-from aoai_realtime.protocol.dialect import PREVIEW_SERVER_NAMES
+from aoai_realtime.channel import AiohttpChannel  # noqa: E402
+from aoai_realtime.protocol.dialect import PREVIEW_SERVER_NAMES  # noqa: E402
+from helpers import Client, websocket  # noqa: E402
 
-WAIT = 90.0  # generous: the machine may be busy; nothing here asserts speed
 DIALECTS = pytest.mark.parametrize("dialect", ["ga", "preview"])
 
 GA_TO_PREVIEW = {
@@ -335,14 +335,13 @@ def test_the_check_refuses_drift() -> None:
 # ------------------------------------------------------------------------------ a raw client
 
 
-class Peer:
-    """A raw realtime client: JSON frames out, every received event kept in order."""
+class Peer(Client):
+    """A raw realtime client (:class:`helpers.Client`) on endpoint ``where`` (``ga``,
+    ``preview``, ``preview-openai``), with what the contract tests ask of a conversation."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool], where: str) -> None:
-        self.ws = ws
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, where: str) -> None:
+        super().__init__(AiohttpChannel(ws), "ga" if where == "ga" else "preview", ws)
         self.where = where
-        self.dialect = "ga" if where == "ga" else "preview"
-        self.events: list[dict[str, Any]] = []
         self._syncs = 0
 
     @property
@@ -353,46 +352,12 @@ class Peer:
         """An event type in this connection's dialect."""
         return ga_type if self.ga else GA_TO_PREVIEW.get(ga_type, ga_type)
 
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(event))
-
-    async def recv(self, timeout: float) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=timeout)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            raise ConnectionError(f"expected an event, got {msg.type} {msg.data!r}")
-        event: dict[str, Any] = json.loads(msg.data)
-        self.events.append(event)
-        return event
-
-    async def wait_for(
-        self,
-        ga_type: str,
-        where: Callable[[dict[str, Any]], bool] | None = None,
-        since: int | None = None,
-    ) -> dict[str, Any]:
-        """Receive until an event of this (GA-named) type arrives; return it. With ``since``,
-        an event already received at or after that index counts too."""
-        kind = self.t(ga_type)
-        for event in self.events[since:] if since is not None else []:
-            if event["type"] == kind and (where is None or where(event)):
-                return event
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                last = [e.get("type") for e in self.events[-8:]]
-                raise TimeoutError(f"no {kind} within {WAIT} s; last: {last}")
-            event = await self.recv(timeout=left)
-            if event["type"] == kind and (where is None or where(event)):
-                return event
-
-    async def error(self, event: dict[str, Any] | str) -> dict[str, Any]:
+    async def refused(self, event: dict[str, Any] | str) -> dict[str, Any]:
         """Send an event the engine must refuse; return the ``error`` it answers with."""
         self._syncs += 1
         event_id = f"evt_refused_{self._syncs}"
         if isinstance(event, str):  # a raw frame: no event id to match
-            await self.ws.send_str(event)
+            await self.send_raw(event)
             answer = await self.wait_for("error")
         else:
             await self.send({**event, "event_id": event_id})
@@ -403,27 +368,18 @@ class Peer:
     async def sync(self) -> None:
         """Receive everything the engine sent before now: a refused event's answer is a
         barrier (the engine handles a connection's events in order)."""
-        await self.error({"type": "conversation.item.delete", "item_id": "item_sync_barrier"})
+        await self.refused({"type": "conversation.item.delete", "item_id": "item_sync_barrier"})
 
-    async def update(self, ga: dict[str, Any], preview: dict[str, Any]) -> dict[str, Any]:
+    async def configure(self, ga: dict[str, Any], preview: dict[str, Any]) -> dict[str, Any]:
         """``session.update`` with this dialect's shape; returns the ``session.updated`` session."""
         session = {"type": "realtime", **ga} if self.ga else preview
         await self.send({"type": "session.update", "session": session})
         updated: dict[str, Any] = (await self.wait_for("session.updated"))["session"]
         return updated
 
-    async def say(self, text: str) -> dict[str, Any]:
+    async def add_text(self, text: str) -> dict[str, Any]:
         """A typed user message; returns the item as the engine confirmed it."""
-        await self.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
+        await self.say_text(text)
         item: dict[str, Any] = (await self.wait_for("conversation.item.done"))["item"]
         return item
 
@@ -438,16 +394,8 @@ class Peer:
         return done
 
     async def append(self, pcm: bytes, chunk_ms: int = 100, encode: Any = None) -> None:
-        """Stream audio as ``input_audio_buffer.append`` chunks (faster than real time)."""
-        step = 48 * chunk_ms
-        for i in range(0, len(pcm), step):
-            data = pcm[i : i + step]
-            await self.send(
-                {
-                    "type": "input_audio_buffer.append",
-                    "audio": b64encode_audio(encode(data) if encode else data),
-                }
-            )
+        """Stream audio as ``input_audio_buffer.append`` chunks of 100 ms by default."""
+        await super().append(pcm, chunk_ms, encode)
 
     def text(self, ga_type: str, since: int = 0) -> str:
         kind = self.t(ga_type)
@@ -468,10 +416,7 @@ async def connect(
     url: str, where: str, headers: dict[str, str] | None = None
 ) -> AsyncIterator[Peer]:
     """A connection whose events are all validated when it ends (unless the test failed)."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(url, headers=headers, max_msg_size=64 * 2**20) as ws,
-    ):
+    async with aiohttp.ClientSession() as http, await websocket(http, url, headers=headers) as ws:
         peer = Peer(ws, where)
         await peer.wait_for("session.created")
         if not peer.ga:
@@ -629,7 +574,7 @@ async def test_session_created_and_updated_in_every_configuration(
 ) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
         for name, ga, preview in SESSIONS:
-            session = await peer.update(ga, preview)
+            session = await peer.configure(ga, preview)
             assert session, name
         # The last configuration is what the session now holds.
         assert (session["output_modalities"] if peer.ga else session["modalities"]) == (
@@ -637,14 +582,14 @@ async def test_session_created_and_updated_in_every_configuration(
         )
         # Refused updates are answered with error events (validated too).
         wrong_dialect = {"model": "x"} if peer.ga else {"type": "realtime"}
-        error = await peer.error({"type": "session.update", "session": wrong_dialect})
+        error = await peer.refused({"type": "session.update", "session": wrong_dialect})
         assert error["code"] in ("missing_required_parameter", "unknown_parameter"), error
         voice = (
             {"type": "realtime", "audio": {"output": {"voice": "nobody"}}}
             if peer.ga
             else {"voice": "nobody"}
         )
-        error = await peer.error({"type": "session.update", "session": voice})
+        error = await peer.refused({"type": "session.update", "session": voice})
         assert error["code"] == "invalid_value", error
     assert {"session.created", "session.updated", "error"} <= peer.kinds()
 
@@ -654,10 +599,10 @@ async def test_preview_on_openais_path_turns_detection_off_with_null(scripted_en
     detection off" as ``null``: no allowance needed there."""
     url = f"{scripted_engine.url}/v1/realtime?model=gpt-4o-realtime-preview"
     async with connect(url, "preview-openai", headers={"OpenAI-Beta": "realtime=v1"}) as peer:
-        session = await peer.update(*NO_TURN_DETECTION)
+        session = await peer.configure(*NO_TURN_DETECTION)
         # ENGINE BUG (allow-listed above): should be None; engine/server.py passes azure=True.
         assert session["turn_detection"] in (None, {"type": "none"})
-        await peer.say("hello")
+        await peer.add_text("hello")
         done = await peer.respond()
         assert done["status"] == "completed"
 
@@ -668,9 +613,9 @@ async def test_preview_on_openais_path_turns_detection_off_with_null(scripted_en
 @DIALECTS
 async def test_typed_turns_text_and_audio(scripted_engine: Any, dialect: str) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
-        await peer.update(*NO_TURN_DETECTION)
+        await peer.configure(*NO_TURN_DETECTION)
         # Text out.
-        await peer.say("How is the weather?")
+        await peer.add_text("How is the weather?")
         start = len(peer.events)
         done = await peer.respond(
             {"output_modalities": ["text"]} if peer.ga else {"modalities": ["text"]}
@@ -678,7 +623,7 @@ async def test_typed_turns_text_and_audio(scripted_engine: Any, dialect: str) ->
         assert done["status"] == "completed"
         assert peer.text("response.output_text.delta", start) == "It is sunny and warm today."
         # Audio out (the session's default modality).
-        await peer.say("hello")
+        await peer.add_text("hello")
         start = len(peer.events)
         done = await peer.respond()
         assert done["status"] == "completed"
@@ -687,17 +632,17 @@ async def test_typed_turns_text_and_audio(scripted_engine: Any, dialect: str) ->
         )
         assert peer.audio_bytes(start) > 48 * 300
         # Audio out in G.711, with the response's own instructions and metadata.
-        await peer.update(
+        await peer.configure(
             {"audio": {"output": {"format": {"type": "audio/pcmu"}}}},
             {"output_audio_format": "g711_ulaw"},
         )
-        await peer.say("weather")
+        await peer.add_text("weather")
         start = len(peer.events)
         done = await peer.respond({"instructions": "Be brief.", "metadata": {"topic": "weather"}})
         assert done["status"] == "completed" and done["metadata"] == {"topic": "weather"}
         assert peer.audio_bytes(start) > 8 * 300
         # Out of band (conversation "none"), and cut short by max output tokens.
-        await peer.update(
+        await peer.configure(
             {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}},
             {"output_audio_format": "pcm16"},
         )
@@ -725,8 +670,8 @@ async def test_local_brain_turn(engine: Any) -> None:
     """One short turn with the language model (SmolLM2) in each dialect."""
     for dialect in ("ga", "preview"):
         async with connect(url_of(engine, dialect), dialect) as peer:
-            await peer.update(*NO_TURN_DETECTION)
-            await peer.say("Say hello.")
+            await peer.configure(*NO_TURN_DETECTION)
+            await peer.add_text("Say hello.")
             limit = {"max_output_tokens": 12} if peer.ga else {"max_response_output_tokens": 12}
             done = await peer.respond(limit)
             assert done["status"] in ("completed", "incomplete")
@@ -744,7 +689,7 @@ async def test_spoken_turns_with_server_vad_transcription_and_barge_in(
     silence: Callable[[int], bytes],
 ) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
-        await peer.update(
+        await peer.configure(
             {
                 "audio": {
                     "input": {
@@ -801,7 +746,7 @@ async def test_idle_timeout_triggered_ga(
     """GA's ``idle_timeout_ms`` (the preview has none): silence after the reply prompts the user."""
     idle_ms = 5000
     async with connect(scripted_engine.ga_url(), "ga") as peer:
-        await peer.update(
+        await peer.configure(
             {
                 "audio": {
                     "input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": idle_ms}}
@@ -826,11 +771,11 @@ async def test_idle_timeout_triggered_ga(
 @DIALECTS
 async def test_function_call_and_its_follow_up(scripted_engine: Any, dialect: str) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
-        await peer.update(
+        await peer.configure(
             {"tools": [GET_TIME_TOOL], "audio": {"input": {"turn_detection": None}}},
             {"tools": [GET_TIME_TOOL], "turn_detection": None},
         )
-        await peer.say("What time is it?")
+        await peer.add_text("What time is it?")
         done = await peer.respond()
         call = done["output"][0]
         assert call["type"] == "function_call" and call["name"] == "get_time"
@@ -863,8 +808,8 @@ async def test_function_call_and_its_follow_up(scripted_engine: Any, dialect: st
 @DIALECTS
 async def test_truncate_retrieve_delete(scripted_engine: Any, dialect: str) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
-        await peer.update(*NO_TURN_DETECTION)
-        user = await peer.say("hello")
+        await peer.configure(*NO_TURN_DETECTION)
+        user = await peer.add_text("hello")
         done = await peer.respond()
         assistant = done["output"][0]
         # Truncate what was "heard"; refuse what cannot be.
@@ -878,7 +823,7 @@ async def test_truncate_retrieve_delete(scripted_engine: Any, dialect: str) -> N
         )
         truncated = await peer.wait_for("conversation.item.truncated")
         assert truncated["audio_end_ms"] == 500
-        error = await peer.error(
+        error = await peer.refused(
             {
                 "type": "conversation.item.truncate",
                 "item_id": assistant["id"],
@@ -887,7 +832,7 @@ async def test_truncate_retrieve_delete(scripted_engine: Any, dialect: str) -> N
             }
         )
         assert "shorter" in error["message"]
-        error = await peer.error(
+        error = await peer.refused(
             {
                 "type": "conversation.item.truncate",
                 "item_id": user["id"],
@@ -902,7 +847,7 @@ async def test_truncate_retrieve_delete(scripted_engine: Any, dialect: str) -> N
         assert retrieved["item"]["id"] == assistant["id"]
         await peer.send({"type": "conversation.item.retrieve", "item_id": user["id"]})
         await peer.wait_for("conversation.item.retrieved")
-        await peer.error({"type": "conversation.item.retrieve", "item_id": "item_nowhere"})
+        await peer.refused({"type": "conversation.item.retrieve", "item_id": "item_nowhere"})
         # A user message with audio, then deleted.
         await peer.send(
             {
@@ -925,8 +870,8 @@ async def test_truncate_retrieve_delete(scripted_engine: Any, dialect: str) -> N
             await peer.send({"type": "conversation.item.delete", "item_id": item_id})
             deleted = await peer.wait_for("conversation.item.deleted")
             assert deleted["item_id"] == item_id
-        await peer.error({"type": "conversation.item.delete", "item_id": user["id"]})
-        error = await peer.error(
+        await peer.refused({"type": "conversation.item.delete", "item_id": user["id"]})
+        error = await peer.refused(
             {
                 "type": "conversation.item.create",
                 "item": {
@@ -950,12 +895,12 @@ async def test_buffer_commit_clear_cancel_and_refusals(
     silence: Callable[[int], bytes],
 ) -> None:
     async with connect(url_of(scripted_engine, dialect), dialect) as peer:
-        await peer.update(
+        await peer.configure(
             {"audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}}},
             {"turn_detection": None, "input_audio_transcription": {"model": "whisper-1"}},
         )
         # Commit and clear, by hand.
-        error = await peer.error({"type": "input_audio_buffer.commit"})
+        error = await peer.refused({"type": "input_audio_buffer.commit"})
         assert error["code"] == "input_audio_buffer_commit_empty"
         await peer.append(tts_wav("What is the weather like?"))
         await peer.send({"type": "input_audio_buffer.commit"})
@@ -968,31 +913,31 @@ async def test_buffer_commit_clear_cancel_and_refusals(
         await peer.send({"type": "input_audio_buffer.clear"})
         await peer.wait_for("input_audio_buffer.cleared")
         # G.711 input, committed by hand.
-        await peer.update(
+        await peer.configure(
             {"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
             {"input_audio_format": "g711_ulaw"},
         )
         await peer.append(silence(200), encode=ulaw_encode)
         await peer.send({"type": "input_audio_buffer.commit"})
         await peer.wait_for("input_audio_buffer.committed")
-        await peer.update(
+        await peer.configure(
             {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}},
             {"input_audio_format": "pcm16"},
         )
         # Bad audio.
-        error = await peer.error({"type": "input_audio_buffer.append", "audio": "not base64!"})
+        error = await peer.refused({"type": "input_audio_buffer.append", "audio": "not base64!"})
         assert error["type"] == "invalid_request_error"
-        error = await peer.error(
+        error = await peer.refused(
             {"type": "input_audio_buffer.append", "audio": b64encode_audio(b"\x00")}
         )
         assert error["type"] == "invalid_request_error"
         # One response at a time, and response.cancel.
-        error = await peer.error({"type": "response.cancel"})
+        error = await peer.refused({"type": "response.cancel"})
         assert error["code"] == "response_cancel_not_active"
-        await peer.say("Tell me a story.")
+        await peer.add_text("Tell me a story.")
         await peer.send({"type": "response.create"})
         created = await peer.wait_for("response.created")
-        error = await peer.error({"type": "response.create"})
+        error = await peer.refused({"type": "response.create"})
         assert error["code"] == "conversation_already_has_active_response"
         await peer.send({"type": "response.cancel"})
         done = await peer.wait_for("response.done")
@@ -1001,10 +946,12 @@ async def test_buffer_commit_clear_cancel_and_refusals(
         assert done["response"]["status_details"]["reason"] == "client_cancelled"
         await peer.wait_for("rate_limits.updated")
         # Events the engine does not know or cannot read.
-        error = await peer.error({"type": "response.dance"})
+        error = await peer.refused({"type": "response.dance"})
         assert error["type"] == "invalid_request_error"
-        error = await peer.error({"type": "response.create", "response": {"conversation": "other"}})
+        error = await peer.refused(
+            {"type": "response.create", "response": {"conversation": "other"}}
+        )
         assert error["param"] == "response.conversation"
-        await peer.error("this is not json")
-        await peer.error(json.dumps(["an", "array"]))
+        await peer.refused("this is not json")
+        await peer.refused(json.dumps(["an", "array"]))
     assert {"input_audio_buffer.committed", "input_audio_buffer.cleared", "error"} <= peer.kinds()

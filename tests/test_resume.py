@@ -44,7 +44,7 @@ from aoai_realtime.server.resume import (
     merge_session,
 )
 from aoai_realtime.server.tools import demo_tools
-from helpers import wait_idle
+from helpers import Client, open_page, wait_idle
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -432,83 +432,12 @@ def faults(server: ServerThread) -> Iterator[Any]:
     server.config.resume_options = FAST
 
 
-class Page:
-    """A WebSocket client of the relay speaking as the page; keeps every event it receives."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-        self._seen = 0
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(event))
-
-    async def next(self, *types: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            while self._seen < len(self.events):
-                event = self.events[self._seen]
-                self._seen += 1
-                if event["type"] in types:
-                    return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                got = [e["type"] for e in self.events[-15:]]
-                raise AssertionError(f"no {types} within {timeout} s; last events: {got}")
-            msg = await self.ws.receive(timeout=left)
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self.events.append(json.loads(msg.data))
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                got = [e["type"] for e in self.events[-15:]]
-                raise AssertionError(f"closed ({msg.data}) before {types}; last events: {got}")
-
-    async def drain_until_closed(self, timeout: float = 20.0) -> int | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                return self.ws.close_code
-            self.events.append(json.loads(msg.data))
-
-    async def start(self, session: dict[str, Any] | None = TEXT_ONLY) -> None:
-        await self.next("session.created")
-        if session is not None:
-            await self.send({"type": "session.update", "session": session})
-            await self.next("session.updated")
-
-    async def say(self, text: str, **response: Any) -> str:
-        """A typed message and a response; returns the reply's text (or transcript)."""
-        await self.send(
-            {
-                "type": "conversation.item.create",
-                "item": {"type": "message", "role": "user",
-                         "content": [{"type": "input_text", "text": text}]},
-            }
-        )  # fmt: skip
-        await self.send({"type": "response.create", **({"response": response} if response else {})})
-        done = await self.next("response.done")
-        assert done["response"]["status"] == "completed", done
-        return reply_of(self, done["response"]["id"])
-
-    def errors(self, kind: str) -> list[dict[str, Any]]:
-        return [
-            e["error"] for e in self.events if e["type"] == "error" and e["error"]["type"] == kind
-        ]
-
-
-def reply_of(page: Page, response_id: str) -> str:
-    for event in reversed(page.events):
-        if event.get("response_id") != response_id:
-            continue
-        if event["type"] == "response.output_text.done":
-            return str(event["text"])
-        if event["type"] == "response.output_audio_transcript.done":
-            return str(event["transcript"])
-    return ""
-
-
-async def open_page(server: ServerThread, http: aiohttp.ClientSession) -> Page:
-    return Page(await http.ws_connect(server.ws_url, max_msg_size=32 * 1024 * 1024))
+async def start(page: Client, session: dict[str, Any] | None = TEXT_ONLY) -> None:
+    """Past ``session.created``, then the page's own ``session.update`` (text only by default;
+    ``None``: none, the engine's default session)."""
+    await page.wait_for("session.created")
+    if session is not None:
+        await page.update(**session)
 
 
 @pytest.fixture
@@ -554,16 +483,16 @@ async def test_expired_session_resumes_with_the_conversation(
     faults("expire:1.5", "")
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
-        assert await page.say("My name is Ada.") == "Nice to meet you, Ada."
-        assert await page.say("Which turn is this?") == "This is turn 2."
+        await start(page)
+        assert await page.ask("My name is Ada.") == "Nice to meet you, Ada."
+        assert await page.ask("Which turn is this?") == "This is turn 2."
         # the engine ends the session after 1.5 s; the page is told once, without a relay_error
-        notice = (await page.next("error", timeout=10))["error"]
+        notice = (await page.wait_for("error", timeout=10))["error"]
         assert notice["type"] == "relay_notice" and notice["code"] == "session_resumed"
         assert "session_expired" in notice["message"]
         assert "4 items restored" in notice["message"]
         # the next question is answered, and the answer knows the two earlier turns
-        assert await page.say("Which turn is this now?") == "This is turn 3."
+        assert await page.ask("Which turn is this now?") == "This is turn 3."
         assert page.errors("relay_notice") == [notice]
         assert page.errors("relay_error") == []
         assert len([e for e in page.events if e["type"] == "error"]) == 1
@@ -614,8 +543,8 @@ async def test_dropped_connection_resumes(
     # a healthy connection first, to count the upstream events of one exchange
     async with aiohttp.ClientSession() as http:
         probe = await open_page(server, http)
-        await probe.start()
-        await probe.say("My name is Ada.")
+        await start(probe)
+        await probe.ask("My name is Ada.")
         records = list(observed.last)
         await probe.ws.close()
     done = max(
@@ -626,12 +555,12 @@ async def test_dropped_connection_resumes(
     faults(f"close:1011:after={count}", "")
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
-        assert await page.say("My name is Ada.") == "Nice to meet you, Ada."
-        notice = (await page.next("error", timeout=10))["error"]
+        await start(page)
+        assert await page.ask("My name is Ada.") == "Nice to meet you, Ada."
+        notice = (await page.wait_for("error", timeout=10))["error"]
         assert notice["type"] == "relay_notice" and notice["code"] == "session_resumed"
         assert "code 1011" in notice["message"] and "2 items restored" in notice["message"]
-        assert await page.say("Which turn is this?") == "This is turn 2."
+        assert await page.ask("Which turn is this?") == "This is turn 2."
         assert page.errors("relay_error") == []
         await page.ws.close()
 
@@ -639,11 +568,11 @@ async def test_dropped_connection_resumes(
 async def test_response_in_progress_is_closed_for_the_page(
     server: ServerThread, resume_engine: Any, observed: Observed, faults: Any
 ) -> None:
-    async def exchange(page: Page) -> dict[str, Any]:
+    async def exchange(page: Client) -> dict[str, Any]:
         """A text answer, then a question whose spoken answer is under way; returns its
         response.created."""
-        await page.start(None)  # audio output: the engine's default session
-        text = await page.say("My name is Ada.", output_modalities=["text"])
+        await start(page, None)  # audio output: the engine's default session
+        text = await page.ask("My name is Ada.", output_modalities=["text"])
         assert text == "Nice to meet you, Ada."
         await page.send(
             {
@@ -653,13 +582,13 @@ async def test_response_in_progress_is_closed_for_the_page(
             }
         )  # fmt: skip
         await page.send({"type": "response.create"})
-        return await page.next("response.created")
+        return await page.wait_for("response.created")
 
     # count the upstream events up to the first of the spoken answer's item, on a probe
     async with aiohttp.ClientSession() as http:
         probe = await open_page(server, http)
         await exchange(probe)
-        await probe.next("response.done")
+        await probe.wait_for("response.done")
         records = list(observed.last)
         await probe.ws.close()
     created = [
@@ -672,7 +601,7 @@ async def test_response_in_progress_is_closed_for_the_page(
         page = await open_page(server, http)
         created_event = await exchange(page)
         # the page is not left waiting for a response that will never end
-        done = await page.next("response.done", timeout=10)
+        done = await page.wait_for("response.done", timeout=10)
         assert done["response"]["id"] == created_event["response"]["id"]
         assert done["response"]["status"] == "cancelled"
         assert done["response"]["status_details"]["reason"] == "session_ended"
@@ -685,11 +614,11 @@ async def test_response_in_progress_is_closed_for_the_page(
         ]
         assert begun and [i["id"] for i in done["response"]["output"]] == begun
         assert {i["status"] for i in done["response"]["output"]} == {"incomplete"}
-        notice = (await page.next("error", timeout=10))["error"]
+        notice = (await page.wait_for("error", timeout=10))["error"]
         assert notice["code"] == "session_resumed"
         assert "3 items restored" in notice["message"] and "cut short" in notice["message"]
         # the question is answered in the new session, which knows the first turn
-        answer = await page.say("Which turn is this?", output_modalities=["text"])
+        answer = await page.ask("Which turn is this?", output_modalities=["text"])
         assert answer == "This is turn 3."
         assert page.errors("relay_error") == []
         await page.ws.close()
@@ -702,13 +631,13 @@ async def test_page_events_during_the_gap_are_sent_to_the_new_session(
     server.config.resume_options = ResumeOptions(backoff_s=(0.5,))  # a gap of half a second
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
-        assert await page.say("My name is Ada.") == "Nice to meet you, Ada."
+        await start(page)
+        assert await page.ask("My name is Ada.") == "Nice to meet you, Ada."
         await wait_sessions(resume_engine, base)  # the session ended; the next is not open yet
         for _ in range(5):  # the microphone goes on (100 ms of silence each)
             audio = base64.b64encode(b"\x00" * 4800).decode()
             await page.send({"type": "input_audio_buffer.append", "audio": audio})
-        text = await page.say("Which turn is this?")
+        text = await page.ask("Which turn is this?")
         assert text == "This is turn 2."
         kinds = [(e["type"], e.get("error", {}).get("code")) for e in page.events]
         assert kinds.index(("error", "session_resumed")) < len(kinds) - 1
@@ -726,8 +655,8 @@ async def test_resume_attempts_are_bounded(
     started = time.monotonic()
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
-        await page.say("My name is Ada.")
+        await start(page)
+        await page.ask("My name is Ada.")
         code = await page.drain_until_closed(timeout=30)
         relay_errors = page.errors("relay_error")
         assert len(relay_errors) == 1, page.events
@@ -749,8 +678,8 @@ async def test_refused_resume_is_one_relay_error(
     faults("expire:1", "refuse:401")
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
-        await page.say("My name is Ada.")
+        await start(page)
+        await page.ask("My name is Ada.")
         await page.drain_until_closed(timeout=20)
         assert page.errors("relay_notice") == []
         [error] = page.errors("relay_error")
@@ -768,8 +697,8 @@ async def test_no_resume_is_todays_behaviour(
         async with http.get(server.url + "api/config") as resp:
             assert (await resp.json())["resume"] is False
         page = await open_page(server, http)
-        await page.start()
-        await page.say("My name is Ada.")
+        await start(page)
+        await page.ask("My name is Ada.")
         await page.drain_until_closed(timeout=20)
         [error] = page.errors("relay_error")
         assert error["code"] == "session_expired" and "maximum duration" in error["message"]
@@ -783,7 +712,7 @@ async def test_a_session_with_nothing_to_carry_over_is_not_resumed(
     faults("close:1011:after=3", "")
     async with aiohttp.ClientSession() as http:
         page = await open_page(server, http)
-        await page.start()
+        await start(page)
         await page.drain_until_closed(timeout=20)
         [error] = page.errors("relay_error")
         assert error["code"] == "upstream_closed" and "1011" in error["message"]

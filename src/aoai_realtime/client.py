@@ -363,45 +363,19 @@ def _first(query: Mapping[str, list[str]], *names: str) -> str | None:
 
 def _connect_error(target: _Target, failure: HandshakeFailure, open_timeout: float) -> ConnectError:
     """The SDK's exception for a failed handshake: what happened and what to check."""
-    url, request_id = target.url, failure.request_id
     if failure.kind == "status":
         return _handshake_error(target, failure)
-    if failure.kind == "dns":
-        return ConnectError(
-            f"cannot resolve host {failure.host!r} of {url}: check AZURE_OPENAI_ENDPOINT "
-            f"(e.g. https://my-resource.openai.azure.com) ({failure.detail})",
-            url=url,
-            request_id=request_id,
-            failure=failure,
-        )
-    if failure.kind == "tls":
-        return ConnectError(
-            f"TLS failed for {url}: {failure.detail}; check the endpoint (https vs http)",
-            url=url,
-            request_id=request_id,
-            failure=failure,
-        )
-    if failure.kind == "connect":
-        return ConnectError(
-            f"cannot connect to {url}: {failure.detail}; is the server running and the "
-            "endpoint right?",
-            url=url,
-            request_id=request_id,
-            failure=failure,
-        )
-    if failure.kind == "timeout":
-        return ConnectError(
-            f"no answer from {url} within {open_timeout:g} s (open_timeout)",
-            url=url,
-            request_id=request_id,
-            failure=failure,
-        )
-    return ConnectError(
-        f"cannot open a WebSocket to {url}: {failure.detail}",
-        url=url,
-        request_id=request_id,
-        failure=failure,
-    )
+    url = target.url
+    messages = {
+        "dns": f"cannot resolve host {failure.host!r} of {url}: check AZURE_OPENAI_ENDPOINT "
+        f"(e.g. https://my-resource.openai.azure.com) ({failure.detail})",
+        "tls": f"TLS failed for {url}: {failure.detail}; check the endpoint (https vs http)",
+        "connect": f"cannot connect to {url}: {failure.detail}; is the server running and the "
+        "endpoint right?",
+        "timeout": f"no answer from {url} within {open_timeout:g} s (open_timeout)",
+    }
+    message = messages.get(failure.kind, f"cannot open a WebSocket to {url}: {failure.detail}")
+    return ConnectError(message, url=url, request_id=failure.request_id, failure=failure)
 
 
 def _handshake_error(target: _Target, failure: HandshakeFailure) -> HandshakeError:
