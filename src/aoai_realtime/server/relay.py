@@ -41,6 +41,7 @@ import json
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +166,7 @@ current state is a bug, raised at once (never a silent half-state)."""
 # any other (credentials, permissions, deployment, rate limit) ends the page's session at once.
 _RETRY_CONNECT = frozenset({"upstream_unreachable", "upstream_server_error"})
 _TRUNCATE = "conversation.item.truncate"
+_OWN_EVENTS_KEPT = 4096
 
 
 def _peek_type(text: str) -> str | None:
@@ -250,7 +252,7 @@ class Relay:
         self._upstream_lock = asyncio.Lock()
         self._reported: set[str] = set()
         self._page_instructions: str | None = None
-        self._own_event_ids: set[str] = set()
+        self._own_event_ids: OrderedDict[str, None] = OrderedDict()  # bounded: _own()
         self._initial_id: str | None = None
         self._swallow_updated = False
         # server tools: the tool turn decides what runs and what is sent once it has
@@ -385,6 +387,13 @@ class Relay:
                 self.stats.to_client += 1
         await self._close_both(code=exc.close_code, reason=exc.code)
 
+    def _own(self, event_id: str) -> None:
+        """Note an event the relay sent itself (its refusal is not the page's business); the
+        newest few thousand are kept, a long session does not grow."""
+        self._own_event_ids[event_id] = None
+        while len(self._own_event_ids) > _OWN_EVENTS_KEPT:
+            self._own_event_ids.popitem(last=False)
+
     def _to(self, event: str) -> None:
         """Move the state machine (:data:`TRANSITIONS`)."""
         new = TRANSITIONS.get((self.state, event))
@@ -464,7 +473,7 @@ class Relay:
         if own:
             event_id = f"relay_{uuid.uuid4().hex[:20]}"
             event = {**event, "event_id": event_id}
-            self._own_event_ids.add(event_id)
+            self._own(event_id)
         pending = None
         if self.resume is not None and event.get("type") == "session.update":
             # noted, so a new upstream session gets the configuration the upstream accepted
@@ -953,7 +962,7 @@ class Relay:
             new_item_id=lambda: f"item_{uuid.uuid4().hex[:24]}",
         )
         for event in restore.events:
-            self._own_event_ids.add(event["event_id"])
+            self._own(event["event_id"])
             if self.observer is not None:
                 self.observer("client", event)
             wire = event
