@@ -114,7 +114,7 @@ class LocalEngine:
                 )
                 raise RuntimeError(self._failure) from exc
             config = self._config if self._config is not None else EngineConfig(port=0)
-            if config.speech is None:
+            if config.speech is None and not config.no_speech:
                 problem = missing_local_extra()
                 if problem is not None:
                     self._failure = problem
