@@ -44,7 +44,7 @@ from aoai_realtime.server.resume import (
     merge_session,
 )
 from aoai_realtime.server.tools import demo_tools
-from helpers import Client, open_page, wait_idle
+from helpers import Client, engine_thread, open_page, wait_idle
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -358,16 +358,9 @@ def test_conversation_counts_hot_audio_without_decoding() -> None:
 
 
 @pytest.fixture(scope="module")
-def resume_engine(speech_stack: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT)
-    )
-    try:
-        yield thread
-    finally:
-        thread.close()
+def resume_engine() -> Iterator[Any]:
+    """A scripted engine without speech models: the pages here type their turns."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
 
 
 class Observed:

@@ -61,15 +61,25 @@ SECRET_BEARER = "eyJhbGciOiJub25lIn0.BEARER-TOKEN-secret-42"
 
 
 @pytest.fixture(scope="module")
-def tool_engine(speech_stack: Any) -> Iterator[Any]:
-    """An engine answering by :data:`SCRIPT` (calls the demo server tools)."""
+def tool_engine() -> Iterator[Any]:
+    """An engine answering by :data:`SCRIPT` (calls the demo server tools), without speech
+    models: the pages here type their turns (its audio is silence as long as the text)."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
+
+
+@pytest.fixture(scope="module")
+def speech_tool_engine(speech_stack: Any) -> Iterator[Any]:
+    """:func:`tool_engine` with the speech models, for a page that sets turn detection and
+    transcription (an engine without speech refuses them)."""
     yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 @pytest.fixture(scope="module")
-def keyed_engine(speech_stack: Any) -> Iterator[Any]:
-    """An engine that wants an API key (the api-key header or a Bearer token)."""
-    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT, api_key=SECRET_KEY)
+def keyed_engine() -> Iterator[Any]:
+    """An engine that wants an API key (the api-key header or a Bearer token); no speech."""
+    yield from engine_thread(
+        None, brain="scripted", script=SCRIPT, api_key=SECRET_KEY, no_speech=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +92,14 @@ def server(tool_engine: Any) -> Iterator[ServerThread]:
 
 
 @pytest.fixture(scope="module")
-def memory_server(speech_stack: Any) -> Iterator[ServerThread]:
+def memory_server() -> Iterator[ServerThread]:
     """The middle tier exactly as ``serve`` runs it without Azure settings: the engine in
-    process, reached through an in-memory channel (no engine socket at all)."""
+    process, reached through an in-memory channel (no engine socket at all); no speech."""
     from aoai_realtime.engine import EngineConfig
     from aoai_realtime.server import LocalEngine, ServerConfig
 
     engine = LocalEngine(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT),
+        EngineConfig(port=0, no_speech=True, brain="scripted", script=SCRIPT),
         progress=lambda _: None,
     )
     upstreams = Upstreams(settings=None, local=engine, listen_host="127.0.0.1")
@@ -207,7 +217,9 @@ async def test_text_message_is_answered_through_the_relay(any_server: ServerThre
         await page.ws.close()
 
 
-async def test_policy_drops_forbidden_fields_once_and_applies_the_rest(tool_engine: Any) -> None:
+async def test_policy_drops_forbidden_fields_once_and_applies_the_rest(
+    speech_tool_engine: Any,
+) -> None:
     sent_upstream: list[dict[str, Any]] = []
 
     def observer_factory(conn_id: str, upstream: Any) -> Callable[[str, dict[str, Any]], None]:
@@ -222,7 +234,7 @@ async def test_policy_drops_forbidden_fields_once_and_applies_the_rest(tool_engi
         instructions_prefix="OPERATOR RULES: be safe.",
         instructions_suffix="OPERATOR FOOTER.",
     )
-    srv = make_server(tool_engine, policy=policy, observer_factory=observer_factory)
+    srv = make_server(speech_tool_engine, policy=policy, observer_factory=observer_factory)
     try:
         async with aiohttp.ClientSession() as http:
             page = await open_page(srv.ws_url, http)
