@@ -1,7 +1,9 @@
 """Conversations through the SDK client against the local engine, in both dialects.
 
-The engine (``tests/conftest.py``) is a real realtime server on loopback with real speech models
-and a scripted brain, so every assertion here is about what a real peer saw and answered.
+The engines (``tests/conftest.py``) are real realtime servers on loopback with a scripted brain,
+so every assertion here is about what a real peer saw and answered. Turns that are typed run on
+``text_engine`` (no speech models: its audio is silence as long as the text); the tests that
+send speech, or look at the speech in the reply, run on ``scripted_engine`` (real models).
 """
 
 from __future__ import annotations
@@ -26,6 +28,29 @@ def _url(engine: Any, dialect: str, fault: str | None = None) -> str:
     return url + (f"&fault={fault}" if fault else "")
 
 
+class Seen(list[ev.ServerEvent]):
+    """Every event a client delivers, collected in the background, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = asyncio.Event()
+
+    def add(self, event: ev.ServerEvent) -> None:
+        self.append(event)
+        self._changed.set()
+
+    async def until(self, kind: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``count`` events of type ``kind`` have been collected (woken by each
+        event, never polled); ``TimeoutError`` otherwise."""
+
+        async def reached() -> None:
+            while _types(self).count(kind) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(reached(), timeout)
+
+
 @asynccontextmanager
 async def session(
     engine: Any,
@@ -33,15 +58,15 @@ async def session(
     *,
     fault: str | None = None,
     **kwargs: Any,
-) -> AsyncIterator[tuple[rt.RealtimeClient, list[ev.ServerEvent]]]:
+) -> AsyncIterator[tuple[rt.RealtimeClient, Seen]]:
     """A connected client and the list of every event it delivers (collected in the background)."""
     async with rt.connect(url=_url(engine, dialect, fault), **kwargs) as client:
         assert client.dialect == dialect
-        seen: list[ev.ServerEvent] = []
+        seen = Seen()
 
         async def collect() -> None:
             async for event in client:
-                seen.append(event)
+                seen.add(event)
 
         task = asyncio.create_task(collect())
         try:
@@ -56,14 +81,6 @@ MANUAL_TURNS = rt.SessionConfig(
 )
 
 
-async def settle(seen: list[ev.ServerEvent]) -> None:
-    """Wait until the background collector has caught up (no new event for 100 ms)."""
-    count = -1
-    while len(seen) != count:
-        count = len(seen)
-        await asyncio.sleep(0.1)
-
-
 def _types(events: list[ev.ServerEvent]) -> list[str]:
     return [e.type for e in events]
 
@@ -73,8 +90,8 @@ def _types(events: list[ev.ServerEvent]) -> list[str]:
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-async def test_text_in_text_out(scripted_engine: Any, dialect: str) -> None:
-    async with session(scripted_engine, dialect, session=TEXT) as (client, seen):
+async def test_text_in_text_out(text_engine: Any, dialect: str) -> None:
+    async with session(text_engine, dialect, session=TEXT) as (client, seen):
         response = await client.send_text("Hello there")
         deltas = [d async for d in response.text_deltas()]
         result = await response.done()
@@ -87,7 +104,7 @@ async def test_text_in_text_out(scripted_engine: Any, dialect: str) -> None:
         assert (user.role, user.text) == ("user", "Hello there")
         assert (assistant.role, assistant.text) == ("assistant", result.text)
         # The application sees the GA vocabulary in both dialects.
-        await settle(seen)
+        await seen.until("response.done")
         assert "response.output_text.delta" in _types(seen)
         assert "response.text.delta" not in _types(seen)
         assert "conversation.item.added" in _types(seen)
@@ -95,17 +112,17 @@ async def test_text_in_text_out(scripted_engine: Any, dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_the_wire_speaks_the_dialect_the_application_sees_ga(
-    scripted_engine: Any, dialect: str
+    text_engine: Any, dialect: str
 ) -> None:
     wire: list[tuple[str, Any]] = []
     async with session(
-        scripted_engine,
+        text_engine,
         dialect,
         session=TEXT.merged(rt.SessionConfig(turn_detection=None)),
         observer=lambda direction, data: wire.append((direction, data)),
     ) as (client, seen):
         await (await client.send_text("hello")).done()
-        await settle(seen)
+        await seen.until("response.done")
     [update] = [data for d, data in wire if d == "send" and data["type"] == "session.update"]
     received = [json.loads(data)["type"] for d, data in wire if d == "recv"]
     if dialect == "preview":
@@ -229,8 +246,8 @@ def get_time(timezone: str = "UTC") -> str:
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-async def test_tools_run_automatically(scripted_engine: Any, dialect: str) -> None:
-    async with session(scripted_engine, dialect, session=TEXT, tools=[get_time]) as (client, seen):
+async def test_tools_run_automatically(text_engine: Any, dialect: str) -> None:
+    async with session(text_engine, dialect, session=TEXT, tools=[get_time]) as (client, seen):
         assert [t["name"] for t in client.config.tools or []] == ["get_time"]
         response = await client.send_text("What time is it?")
         result = await response.done()
@@ -243,7 +260,7 @@ async def test_tools_run_automatically(scripted_engine: Any, dialect: str) -> No
         kinds = [i.type for i in client.conversation.history()]
         assert kinds == ["message", "function_call", "function_call_output", "message"]
         # Order on the wire: the output only after response.done, then one response.create.
-        await settle(seen)
+        await seen.until("response.done", 2)
         types = _types(seen)
         first_done = types.index("response.done")
         output_added = next(
@@ -258,13 +275,13 @@ async def test_tools_run_automatically(scripted_engine: Any, dialect: str) -> No
         assert "error" not in types
 
 
-async def test_tool_exception_becomes_an_error_output(scripted_engine: Any) -> None:
+async def test_tool_exception_becomes_an_error_output(text_engine: Any) -> None:
     @rt.tool(name="get_time")
     async def broken_clock(timezone: str) -> str:
         """A clock that fails."""
         raise RuntimeError("the clock is broken")
 
-    async with session(scripted_engine, session=TEXT, tools=[broken_clock]) as (client, seen):
+    async with session(text_engine, session=TEXT, tools=[broken_clock]) as (client, seen):
         result = await (await client.send_text("What time is it?")).done()
         assert result.status == "completed"
         assert "RuntimeError: the clock is broken" in result.text
@@ -276,8 +293,8 @@ async def test_tool_exception_becomes_an_error_output(scripted_engine: Any) -> N
         assert "error" not in _types(seen)
 
 
-async def test_auto_tools_off_leaves_calls_to_the_application(scripted_engine: Any) -> None:
-    async with session(scripted_engine, session=TEXT, tools=[get_time], auto_tools=False) as (
+async def test_auto_tools_off_leaves_calls_to_the_application(text_engine: Any) -> None:
+    async with session(text_engine, session=TEXT, tools=[get_time], auto_tools=False) as (
         client,
         seen,
     ):
@@ -285,7 +302,8 @@ async def test_auto_tools_off_leaves_calls_to_the_application(scripted_engine: A
         result = await response.done()
         assert result.status == "completed" and len(result.responses) == 1
         [call] = [e async for e in response.events() if isinstance(e, ev.FunctionCallArgumentsDone)]
-        await asyncio.sleep(0.3)
+        with pytest.raises(asyncio.TimeoutError):  # no second response within 0.3 s
+            await seen.until("response.created", 2, timeout=0.3)
         assert _types(seen).count("response.created") == 1  # nobody asked for more
         await client.create_item(ev.function_output(call.call_id, "teatime"))
         follow_up = await (await client.create_response()).done()
@@ -313,10 +331,10 @@ class TwoCallsBrain:
 
 
 @pytest.fixture(scope="module")
-def two_calls_engine(speech_stack: Any) -> Iterator[Any]:
+def two_calls_engine() -> Iterator[Any]:
     from aoai_realtime.engine import EngineConfig, EngineThread
 
-    thread = EngineThread(EngineConfig(port=0, speech=speech_stack, brain=TwoCallsBrain()))
+    thread = EngineThread(EngineConfig(port=0, no_speech=True, brain=TwoCallsBrain()))
     try:
         yield thread
     finally:
@@ -337,7 +355,7 @@ async def test_two_calls_in_one_response_then_one_response_create(two_calls_engi
         result = await (await client.send_text("Do both")).done()
         assert result.text == "Results: 07:42 in UTC and 5"
         assert [c.output for c in result.function_calls] == ["07:42 in UTC", "5"]
-        await settle(seen)
+        await seen.until("response.done", 2)
         types = _types(seen)
         assert types.count("response.created") == 2  # one follow-up for both calls
         outputs = [
@@ -357,8 +375,8 @@ async def test_two_calls_in_one_response_then_one_response_create(two_calls_engi
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-async def test_error_is_raised_to_the_caller_once(scripted_engine: Any, dialect: str) -> None:
-    async with session(scripted_engine, dialect, session=TEXT) as (client, seen):
+async def test_error_is_raised_to_the_caller_once(text_engine: Any, dialect: str) -> None:
+    async with session(text_engine, dialect, session=TEXT) as (client, seen):
         with pytest.raises(rt.ServiceError) as info:
             await client.truncate("item_does_not_exist", 100)
         assert info.value.param == "item_id"
@@ -368,22 +386,22 @@ async def test_error_is_raised_to_the_caller_once(scripted_engine: Any, dialect:
         result = await (await client.send_text("hello")).done()
         assert result.text.startswith("Hello!")
         # Delivered once: not repeated on the event stream.
-        await settle(seen)
+        await seen.until("response.done")
         assert "error" not in _types(seen)
 
         # An error nobody waits for (a raw send) arrives on the event stream instead.
         event_id = await client.send({"type": "conversation.item.delete", "item_id": "nope"})
         error = await client.wait_for(ev.ErrorEvent, timeout=10)
         assert error.error.event_id == event_id
-        await settle(seen)
+        await seen.until("error")
         assert _types(seen).count("error") == 1
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_response_create_while_active_is_refused_then_cancel_works(
-    scripted_engine: Any, dialect: str
+    text_engine: Any, dialect: str
 ) -> None:
-    async with session(scripted_engine, dialect) as (client, seen):
+    async with session(text_engine, dialect) as (client, seen):
         story = await client.send_text("Tell me a story")
         with pytest.raises(rt.ServiceError, match="active response") as info:
             await client.create_response()
@@ -398,12 +416,12 @@ async def test_response_create_while_active_is_refused_then_cancel_works(
         assert await client.cancel_response() is None
         # And the next response works.
         assert (await (await client.send_text("hello")).done()).status == "completed"
-        await settle(seen)
+        await seen.until("response.done", 2)
         assert "error" not in _types(seen)
 
 
-async def test_interrupt_truncates_at_what_was_played(scripted_engine: Any) -> None:
-    async with session(scripted_engine) as (client, _):
+async def test_interrupt_truncates_at_what_was_played(text_engine: Any) -> None:
+    async with session(text_engine) as (client, _):
         story = await client.send_text("Tell me a story")
         played = 0
         async for chunk in story.audio_chunks():
@@ -427,8 +445,8 @@ async def test_interrupt_truncates_at_what_was_played(scripted_engine: Any) -> N
 # Session changes, waiting, reconnecting, closing
 
 
-async def test_update_session_and_wait_for(scripted_engine: Any) -> None:
-    async with session(scripted_engine) as (client, _):
+async def test_update_session_and_wait_for(text_engine: Any) -> None:
+    async with session(text_engine) as (client, _):
         config = await client.update_session(voice="echo", instructions="Be brief.")
         assert config.voice == "echo" and config.instructions == "Be brief."
         assert client.config.voice == "echo"
@@ -441,8 +459,8 @@ async def test_update_session_and_wait_for(scripted_engine: Any) -> None:
             await client.wait_for("response.done", timeout=0.2)
 
 
-async def test_reconnect_resends_the_session_and_starts_empty(scripted_engine: Any) -> None:
-    async with session(scripted_engine, session=TEXT, tools=[get_time]) as (client, _):
+async def test_reconnect_resends_the_session_and_starts_empty(text_engine: Any) -> None:
+    async with session(text_engine, session=TEXT, tools=[get_time]) as (client, _):
         await (await client.send_text("hello")).done()
         assert len(client.conversation.items) == 2
         first = client.request_id
@@ -456,10 +474,8 @@ async def test_reconnect_resends_the_session_and_starts_empty(scripted_engine: A
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-async def test_service_closing_the_connection_is_reported(
-    scripted_engine: Any, dialect: str
-) -> None:
-    client = await rt.connect(url=_url(scripted_engine, dialect, "close:1011:after=1"))
+async def test_service_closing_the_connection_is_reported(text_engine: Any, dialect: str) -> None:
+    client = await rt.connect(url=_url(text_engine, dialect, "close:1011:after=1"))
     try:
         with pytest.raises(rt.ConnectionClosed) as info:
             async for _ in client:
@@ -474,9 +490,9 @@ async def test_service_closing_the_connection_is_reported(
 
 
 async def test_session_expiry_error_reaches_the_stream_and_iteration_ends(
-    scripted_engine: Any,
+    text_engine: Any,
 ) -> None:
-    async with rt.connect(url=_url(scripted_engine, "ga", "expire:0.3")) as client:
+    async with rt.connect(url=_url(text_engine, "ga", "expire:0.3")) as client:
         events = [e async for e in client]  # ends quietly: the service closed with 1000
         errors = [e for e in events if isinstance(e, ev.ErrorEvent)]
         assert [e.error.code for e in errors] == ["session_expired"]
@@ -485,9 +501,9 @@ async def test_session_expiry_error_reaches_the_stream_and_iteration_ends(
 
 @pytest.mark.parametrize(("status", "exc"), [(401, rt.AuthenticationError), (429, rt.RateLimited)])
 async def test_engine_refusals_map_to_exceptions(
-    scripted_engine: Any, status: int, exc: type[Exception]
+    text_engine: Any, status: int, exc: type[Exception]
 ) -> None:
     with pytest.raises(exc) as info:
-        await rt.connect(url=_url(scripted_engine, "ga", f"refuse:{status}"))
+        await rt.connect(url=_url(text_engine, "ga", f"refuse:{status}"))
     if status == 429:
         assert isinstance(info.value, rt.RateLimited) and info.value.retry_after is not None

@@ -11,6 +11,7 @@ connection the client makes (the reconnects too).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import aoai_realtime as rt
 from aoai_realtime.protocol import events as ev
 from aoai_realtime.protocol.restore import ResumeBudget
+from helpers import engine_thread
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -31,26 +33,16 @@ TEXT = rt.SessionConfig(output_modalities=["text"], instructions="Answer briefly
 KEY = "engine-key-0123456789abcdef"
 
 
-def _engine(speech_stack: Any, **options: Any) -> Iterator[Any]:
-    from aoai_realtime.engine import EngineConfig, EngineThread
-
-    thread = EngineThread(
-        EngineConfig(port=0, speech=speech_stack, brain="scripted", script=SCRIPT, **options)
-    )
-    try:
-        yield thread
-    finally:
-        thread.close()
+@pytest.fixture(scope="module")
+def turn_engine() -> Iterator[Any]:
+    """A scripted engine without speech models: every turn here is typed, text only."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
 
 
 @pytest.fixture(scope="module")
-def turn_engine(speech_stack: Any) -> Iterator[Any]:
-    yield from _engine(speech_stack)
-
-
-@pytest.fixture(scope="module")
-def keyed_turn_engine(speech_stack: Any) -> Iterator[Any]:
-    yield from _engine(speech_stack, api_key=KEY)
+def keyed_turn_engine() -> Iterator[Any]:
+    """The same behind an API key."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True, api_key=KEY)
 
 
 async def ask(client: rt.RealtimeClient, text: str) -> str:
@@ -124,13 +116,17 @@ async def test_auto_reconnect_continues_after_session_expired(turn_engine: Any) 
 async def test_auto_reconnect_after_a_dropped_connection(turn_engine: Any) -> None:
     # count the events of one exchange, then have the engine drop the connection right after it
     received: list[str] = []
-    async with rt.connect(
-        url=turn_engine.ga_url("m"),
-        session=TEXT,
-        observer=lambda d, data: received.append(data) if d == "recv" else None,
-    ) as probe:
+    limits = asyncio.Event()  # rate_limits.updated, which follows response.done
+
+    def observe(direction: str, data: Any) -> None:
+        if direction == "recv":
+            received.append(data)
+            if json.loads(data)["type"] == "rate_limits.updated":
+                limits.set()
+
+    async with rt.connect(url=turn_engine.ga_url("m"), session=TEXT, observer=observe) as probe:
         await ask(probe, "My name is Ada.")
-        await asyncio.sleep(0.2)  # rate_limits.updated follows response.done
+        await asyncio.wait_for(limits.wait(), 10)
     count = len(received)
     url = turn_engine.ga_url("m") + f"&fault=close:1011:after={count}"
     async with rt.connect(url=url, session=TEXT, auto_reconnect=True) as s:
