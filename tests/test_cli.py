@@ -2,8 +2,9 @@
 against real local engines on loopback.
 
 Every subprocess gets only the environment it needs and runs in ``tmp_path``, so no ``.env``
-of the developer's leaks in. Engines here share the session's loaded speech stack; they answer
-with a script (deterministic), one of them behind an API key.
+of the developer's leaks in. Engines here answer with a script (deterministic), one of them
+behind an API key. Those that hear speech or speak it share the session's loaded speech stack;
+typed chats and ``doctor`` use engines without speech models.
 """
 
 from __future__ import annotations
@@ -56,14 +57,20 @@ WRONG_KEY = "not-the-right-key-9876543210"
 
 @pytest.fixture(scope="module")
 def cli_engine(speech_stack: Any) -> Iterator[Any]:
-    """A scripted engine, no key."""
+    """A scripted engine, no key, with the speech models: for speech in, and speech out."""
     yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
 
 
 @pytest.fixture(scope="module")
-def keyed_engine(speech_stack: Any) -> Iterator[Any]:
-    """A scripted engine that wants ``API_KEY`` (a wrong key gets a real 401)."""
-    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT, api_key=API_KEY)
+def cli_text_engine() -> Iterator[Any]:
+    """The same script without speech models, for typed chats (its audio is silence)."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
+
+
+@pytest.fixture(scope="module")
+def keyed_engine() -> Iterator[Any]:
+    """A scripted engine that wants ``API_KEY`` (a wrong key gets a real 401); no speech."""
+    yield from engine_thread(None, brain="scripted", script=SCRIPT, api_key=API_KEY, no_speech=True)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -287,9 +294,9 @@ class Terminal:
             os.close(self.fd)
 
 
-def test_chat_answers_a_message_and_a_function_call(tmp_path: Path, cli_engine: Any) -> None:
+def test_chat_answers_a_message_and_a_function_call(tmp_path: Path, cli_text_engine: Any) -> None:
     term = Terminal(
-        ["chat", "--tools", "--record", "chat.jsonl", "--url", cli_engine.ga_url()],
+        ["chat", "--tools", "--record", "chat.jsonl", "--url", cli_text_engine.ga_url()],
         tmp_path,
         _env(tmp_path, TERM="xterm"),
     )
@@ -442,9 +449,11 @@ def test_chat_mic_vad_and_barge_in(
     assert rms_dbfs(speakers[: len(speakers) // 2 * 2]) > -60  # the replies were played
 
 
-def test_chat_ends_when_the_service_closes_the_connection(tmp_path: Path, cli_engine: Any) -> None:
+def test_chat_ends_when_the_service_closes_the_connection(
+    tmp_path: Path, cli_text_engine: Any
+) -> None:
     # The engine's fault option closes the socket with 1011 after a dozen events.
-    url = cli_engine.ga_url() + "&fault=close:1011:after=12"
+    url = cli_text_engine.ga_url() + "&fault=close:1011:after=12"
     term = Terminal(["chat", "--url", url], tmp_path, _env(tmp_path, TERM="xterm"))
     try:
         term.expect(r"you> ")
