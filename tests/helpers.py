@@ -356,7 +356,7 @@ async def websocket(
     *,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
-) -> aiohttp.ClientWebSocketResponse:
+) -> aiohttp.ClientWebSocketResponse[bool]:
     """The one WebSocket the test clients open (messages up to 64 MiB)."""
     return await http.ws_connect(
         url, params=params or None, headers=headers, max_msg_size=64 * 2**20

@@ -339,7 +339,7 @@ class Peer(Client):
     """A raw realtime client (:class:`helpers.Client`) on endpoint ``where`` (``ga``,
     ``preview``, ``preview-openai``), with what the contract tests ask of a conversation."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, where: str) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool], where: str) -> None:
         super().__init__(AiohttpChannel(ws), "ga" if where == "ga" else "preview", ws)
         self.where = where
         self._syncs = 0
