@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -23,6 +22,7 @@ from aoai_realtime.engine.brains import (
     history_window,
 )
 from aoai_realtime.engine.scripted import ScriptedBrain, ScriptError, parse_script
+from helpers import connect
 
 TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
 
@@ -262,33 +262,9 @@ def test_azure_chat_deployments_get_the_api_key_header() -> None:
 async def test_engine_with_a_chat_completions_brain(chat_server: ChatServer) -> None:
     config = EngineConfig(port=0, no_speech=True, brain="chat", brain_url=chat_server.url)
     with EngineThread(config) as engine:
-        async with aiohttp.ClientSession() as http, http.ws_connect(engine.ga_url()) as ws:
-            await ws.receive_json()
-            await ws.send_json(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "realtime",
-                        "output_modalities": ["text"],
-                        "tools": TOOLS,
-                    },
-                }
-            )
-            await ws.send_json(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "What's the weather?"}],
-                    },
-                }
-            )
-            await ws.send_json({"type": "response.create"})
-            while True:
-                event = await ws.receive_json(timeout=60)
-                if event["type"] == "response.done":
-                    break
+        async with connect(engine) as rt:
+            await rt.update(output_modalities=["text"], tools=TOOLS)
+            event = await rt.say("What's the weather?")
     output = event["response"]["output"][0]
     assert output["type"] == "function_call" and output["call_id"] == "call_x"
     assert json.loads(output["arguments"]) == {"city": "Oslo"}
