@@ -12,7 +12,6 @@ browser tests); the page's state is read from ``window.__rt`` and the DOM.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from aoai_realtime.server import ServerThread
-from helpers import Browser, engine_thread, make_server, shown, write_wav
+from helpers import Browser, engine_thread, make_server, shown, wait_idle, write_wav
 
 pytestmark = pytest.mark.browser
 
@@ -93,21 +92,6 @@ def open_browser(chromium_path: str) -> Iterator[Callable[[Path], Browser]]:
         b.close()
 
 
-def engine_sessions(engine: Any) -> int:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(engine.http_url + "/healthz", timeout=5) as resp:
-        return int(json.load(resp)["sessions"])
-
-
-def wait_engine_sessions(engine: Any, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while engine_sessions(engine) != count:
-        assert time.monotonic() < deadline, f"the engine still has {engine_sessions(engine)}"
-        time.sleep(0.05)
-
-
 # ------------------------------------------------------------------------------------ tests
 
 
@@ -127,7 +111,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
         tmp_path / "mic.wav",
         silence(1000) + first + silence(5000) + second + silence(20000),
     )
-    base = engine_sessions(browser_engine)
+    base = wait_idle(browser_engine)  # the previous test's sessions may still be closing
     b = open_browser(wav)
     page = b.page
     page.goto(web.url)
@@ -141,7 +125,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
     # the session starts
     b.wait("rt.state === 'connected'", 20, "the session to start")
     assert page.locator("#transcript .marker", has_text="<< Session Started >>").count() == 1
-    assert engine_sessions(browser_engine) == base + 1
+    browser_engine.wait_sessions(base + 1, 10)  # the page's session reached the engine
 
     # the user's words appear as a transcript
     b.wait(
@@ -226,7 +210,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
     # Stop closes the upstream
     page.click("#stop")
     b.wait("rt.state === 'idle'", 30, "idle after Stop")
-    wait_engine_sessions(browser_engine, base)
+    browser_engine.wait_sessions(base, 30)
     assert page.locator("#transcript .marker", has_text="<< Session Ended >>").count() == 1
     assert b.problems == [], b.problems
 
