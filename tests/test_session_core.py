@@ -272,3 +272,30 @@ async def test_memory_channel_close_wakes_a_waiting_reader_and_sender() -> None:
     with pytest.raises(ChannelClosed):
         await asyncio.wait_for(blocked, 1)
     assert await asyncio.wait_for(waiting, 1) is None
+
+
+# ------------------------------------------------------------------------------ client frames
+
+
+def test_client_frames_are_parsed_once_with_a_depth_limit() -> None:
+    from aoai_realtime.protocol.errors import ProtocolError
+    from aoai_realtime.protocol.frames import MAX_DEPTH, load_client_event
+
+    event = load_client_event('{"type":"input_audio_buffer.append","type":"session.update"}')
+    assert event["type"] == "session.update"  # decided on the parsed value: the last key wins
+    deepest = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)  # the object itself is one level
+    assert load_client_event('{"type":"x","a":' + deepest + "}")["type"] == "x"
+    text_with_brackets = '{"type":"x","text":"' + "[" * 5000 + '"}'  # inside a string: not depth
+    assert load_client_event(text_with_brackets)["type"] == "x"
+    for frame, code in [
+        ('{"type":"x","a":' + "[" * 5000 + "]" * 5000 + "}", "invalid_json"),
+        ("{nope", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        ("[1, 2]", "invalid_event"),
+        ('{"event_id": "e9"}', "missing_required_parameter"),
+        ('{"type": 5, "event_id": "e9"}', "invalid_type"),
+    ]:
+        with pytest.raises(ProtocolError) as info:
+            load_client_event(frame)
+        assert info.value.code == code, frame
+    assert load_client_event('{"type":"x","t":"\\udfff"}')["t"] == "\udfff"

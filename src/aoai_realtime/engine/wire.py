@@ -17,6 +17,7 @@ from typing import Any
 from ..protocol.dialect import Dialect, ga_to_preview_server, preview_to_ga_client
 from ..protocol.errors import ProtocolError, missing_parameter, unknown_parameter
 from ..protocol.events import ClientEvent, SessionUpdate, parse_client_event
+from ..protocol.frames import load_client_event
 from ..protocol.session import SessionConfig
 from . import ids
 
@@ -41,7 +42,7 @@ class Wire:
 
     def decode(self, raw: str | bytes) -> Decoded:
         """Parse and validate one client frame; raises :class:`ProtocolError` like the service."""
-        obj = _load(raw)
+        obj = load_client_event(raw)
         event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
         if obj.get("type") == "session.update":
             return self._session_update(obj, event_id)
@@ -98,35 +99,3 @@ class Wire:
                 }
             )
         return [json.dumps(e) for e in out]
-
-
-def _load(raw: str | bytes) -> dict[str, Any]:
-    if isinstance(raw, (bytes, bytearray)):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(
-                "The message is not valid UTF-8 JSON.", code="invalid_json", param=None
-            ) from None
-    try:
-        obj = json.loads(raw)
-    except ValueError as exc:
-        raise ProtocolError(
-            f"The message is not valid JSON: {exc}.", code="invalid_json", param=None
-        ) from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(
-            "An event must be a JSON object with a 'type'.", code="invalid_event", param=None
-        )
-    if "type" not in obj:
-        raise missing_parameter(
-            "type", obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
-        )
-    if not isinstance(obj["type"], str):
-        raise ProtocolError(
-            "Invalid type for 'type': expected a string.",
-            code="invalid_type",
-            param="type",
-            event_id=obj.get("event_id") if isinstance(obj.get("event_id"), str) else None,
-        )
-    return obj

@@ -97,12 +97,18 @@ class ToolTurn:
         self._responses: dict[str, _Response] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._names: OrderedDict[str, str] = OrderedDict()  # item id -> function name
+        self._announced: OrderedDict[str, None] = OrderedDict()  # our calls, not yet run
 
     # ------------------------------------------------------------------ queries
 
     def ran(self, call_id: str | None) -> bool:
         """Whether ``call_id`` is a call this turn ran (e.g. to hide its output from a page)."""
         return call_id is not None and call_id in self._seen
+
+    def owns(self, call_id: str | None) -> bool:
+        """Whether ``call_id`` is a call of one of our tools, announced or run: its output is
+        ours to give (a middle tier refuses a page's output for it)."""
+        return call_id is not None and (call_id in self._seen or call_id in self._announced)
 
     def expects_follow_up(self, response_id: str) -> bool:
         """After that response's ``response.done``: whether a follow-up response will come."""
@@ -133,7 +139,10 @@ class ToolTurn:
         item = event.get("item")
         if kind == "response.output_item.added":
             if isinstance(item, dict) and item.get("type") == "function_call" and item.get("name"):
-                self._remember(self._names, str(item.get("id") or ""), str(item["name"]))
+                name = str(item["name"])
+                self._remember(self._names, str(item.get("id") or ""), name)
+                if item.get("call_id") and self.handles(name):
+                    self._remember(self._announced, str(item["call_id"]), None)
             return []
         call: ToolCall | None = None
         if kind == "response.function_call_arguments.done":

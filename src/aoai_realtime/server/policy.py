@@ -17,7 +17,7 @@ every update that goes upstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,16 +207,25 @@ class Policy:
             return False
         return True
 
-    def response_create(self, event: dict[str, Any], *, dialect: DialectName) -> PolicyResult:
+    def response_create(
+        self,
+        event: dict[str, Any],
+        *,
+        dialect: DialectName,
+        server_call: Callable[[str], bool] = lambda call_id: False,
+    ) -> PolicyResult:
         """The page's ``response.create``: no tools, model or prompt of its own; its
-        per-response instructions keep the operator's around them."""
+        per-response instructions keep the operator's around them; its ``input`` is policed
+        like items (:meth:`input_items`)."""
         params = event.get("response")
         if not isinstance(params, dict):
             return PolicyResult(event)
         refused: list[str] = []
         out: dict[str, Any] = {}
         for key, value in params.items():
-            if key == "instructions":
+            if key == "input" and isinstance(value, list):
+                out[key] = self.input_items(value, refused, server_call)
+            elif key == "instructions":
                 if "instructions" in self.settable:
                     out[key] = self.instructions(value if isinstance(value, str) else None)
                 else:
@@ -231,6 +240,33 @@ class Policy:
             else:
                 refused.append(f"response.{key}")
         return PolicyResult({**event, "response": out}, refused)
+
+    def input_items(
+        self, items: list[Any], refused: list[str], server_call: Callable[[str], bool]
+    ) -> list[Any]:
+        """A ``response.input`` without what the page may not put in the model's context: a
+        ``system`` message or a made-up ``function_call`` while instructions are not the page's
+        to set, and any output for a server tool's call."""
+        kept: list[Any] = []
+        own_prompt = "instructions" in self.settable
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                if item.get("role") == "system" and not own_prompt:
+                    refused.append(f"response.input[{i}].role")
+                    continue
+                if item.get("type") == "function_call" and not own_prompt:
+                    refused.append(f"response.input[{i}].type")
+                    continue
+                call_id = item.get("call_id")
+                if (
+                    item.get("type") == "function_call_output"
+                    and isinstance(call_id, str)
+                    and server_call(call_id)
+                ):
+                    refused.append(f"response.input[{i}].call_id")
+                    continue
+            kept.append(item)
+        return kept
 
     def item_create(self, event: dict[str, Any]) -> PolicyResult:
         """The page's ``conversation.item.create``: a ``system`` message counts as instructions."""

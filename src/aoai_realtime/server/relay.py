@@ -28,8 +28,10 @@ What it does on the way:
   loops, no half-open state;
 * closes the upstream as soon as the client leaves.
 
-The hot path (audio deltas both ways) is forwarded without decoding the JSON when no
-translation is needed; the event type is peeked with a regular expression.
+Every page frame is parsed once, depth-limited (:func:`~aoai_realtime.protocol.frames.load_client_event`),
+decided on the parsed value and re-serialised: no raw path a page can steer. The upstream's hot
+events (audio and transcript deltas) are forwarded without decoding the JSON when no translation
+is needed; their type is peeked with a regular expression.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from ..protocol.conversation import Conversation
 from ..protocol.dialect import PREVIEW_SERVER_NAMES, DialectName
 from ..protocol.errors import ProtocolError
 from ..protocol.events import parse_server_event
+from ..protocol.frames import load_client_event
 from ..protocol.restore import restore_events
 from ..protocol.resume import Restore, ResumePolicy, SessionEnd
 from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
@@ -181,7 +184,8 @@ def _rename_type(text: str, new: str) -> str:
 
 
 def _dumps(event: dict[str, Any]) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    # ASCII escapes: a lone surrogate a client or the upstream sent stays valid on the wire
+    return json.dumps(event, separators=(",", ":"))
 
 
 @dataclass
@@ -565,26 +569,21 @@ class Relay:
         )
 
     async def _from_client(self, text: str) -> None:
-        kind = _peek_type(text)
-        if kind in _HOT_CLIENT:
-            if self.observer is not None:
-                self.observer("client", json.loads(text))
-            await self._send_upstream_text(text)
-            return
+        """One page frame: parsed once (depth-limited), decided on the parsed value, and sent
+        upstream re-serialised, never as the page wrote it, so a frame cannot look like one
+        event here and be another upstream (duplicate keys, a nested ``type`` first)."""
         try:
-            event = json.loads(text)
-        except json.JSONDecodeError:
-            await self._send_upstream_text(text)  # the upstream answers with its own error
+            event = load_client_event(text)
+        except ProtocolError as exc:
+            await self._bad_client_event(text, exc)
             return
-        if not isinstance(event, dict):
-            await self._send_upstream_text(text)
+        if event["type"] in _HOT_CLIENT:  # an audio append: the same in both dialects
+            if self.observer is not None:
+                self.observer("client", event)
+            await self._send_upstream_text(_dumps(event))
             return
         if self.client_dialect == "preview":
-            try:
-                event = _dialect.preview_to_ga_client(event)
-            except ProtocolError as exc:
-                await self._send_client_text(_dumps({"type": "error", "error": exc.to_error()}))
-                return
+            event = _dialect.preview_to_ga_client(event)  # a ProtocolError is answered
         kind = event.get("type")
         if kind == "session.update":
             result = self.policy.session_update(event, dialect=self.dialect)
@@ -596,24 +595,46 @@ class Relay:
             ):
                 self._page_instructions = session["instructions"]
         elif kind == "response.create":
-            result = self.policy.response_create(event, dialect=self.dialect)
+            result = self.policy.response_create(
+                event, dialect=self.dialect, server_call=self._tools.owns
+            )
         elif kind == "conversation.item.create":
+            item = event.get("item")
+            if (
+                isinstance(item, dict)
+                and item.get("type") == "function_call_output"
+                and self._tools.owns(item.get("call_id"))
+            ):
+                await self._server_call_refused(event, str(item["call_id"]))
+                return
             result = self.policy.item_create(event)
         else:
             if kind == _TRUNCATE and self._earlier_ids and self._truncate_locally(event):
                 return
-            if self.observer is not None:
-                self.observer("client", event)
-            if self.dialect == "ga" and self.client_dialect == "ga":
-                await self._send_upstream_text(text)
-            else:
-                await self._send_upstream(event)
+            await self._send_upstream(event)
             return
         if result.refused:
             await self._refused(result.refused)
         if result.event is None:
             return
         await self._send_upstream(result.event)
+
+    async def _server_call_refused(self, event: dict[str, Any], call_id: str) -> None:
+        """A page's output for a server tool's call: the server gives the model that output."""
+        self.stats.refused.append("item.call_id")
+        log("relay.policy_violation", conn=self.conn_id, param="item.call_id", call_id=call_id)
+        error = {
+            "type": "invalid_request_error",
+            "code": "policy_violation",
+            "message": f"The call {call_id[:64]!r} is a server tool's call: the middle tier gives "
+            "the model its output, a client cannot. The item was not added.",
+            "param": "item.call_id",
+            "event_id": event.get("event_id") if isinstance(event.get("event_id"), str) else None,
+        }
+        reply = {"type": "error", "event_id": f"relay_{uuid.uuid4().hex[:20]}", "error": error}
+        if self.observer is not None:
+            self.observer("relay", reply)
+        await self._send_client(reply)
 
     def _truncate_locally(self, event: dict[str, Any]) -> bool:
         """A truncation of an item from an earlier upstream session (the new session holds it as

@@ -1,0 +1,90 @@
+"""One client frame in, one event object out: the parse every receiving side shares.
+
+The local engine and the middle tier both read clients' frames with :func:`load_client_event`,
+so both refuse the same frames the same way, as the service does (an ``error`` naming the code,
+the session going on): text that is not UTF-8 JSON, JSON that is not an object with a string
+``type``, and JSON nested deeper than :data:`MAX_DEPTH` (which would otherwise exhaust Python's
+recursion and take the connection down). Duplicate keys resolve as JSON parsers do (the last
+wins), and the caller decides on the parsed value, never on the text: a frame cannot look like
+one event to us and be another upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import ProtocolError, missing_parameter
+
+__all__ = ["MAX_DEPTH", "load_client_event"]
+
+MAX_DEPTH = 32
+"""Deepest nesting of objects and arrays a client event may have (real events need about 8)."""
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` nests objects/arrays deeper than :data:`MAX_DEPTH` (outside strings)."""
+    if text.count("{") + text.count("[") <= MAX_DEPTH:
+        return False  # the usual case, audio appends included: two C-speed counts
+    depth = 0
+    in_string = False
+    escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif ch in "}]":
+            depth -= 1
+    return False
+
+
+def _event_id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("event_id")
+    return value if isinstance(value, str) else None
+
+
+def load_client_event(raw: str | bytes) -> dict[str, Any]:
+    """The event object of one client frame, or :class:`ProtocolError` saying what is wrong."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                "The message is not valid UTF-8 JSON.", code="invalid_json", param=None
+            ) from None
+    if _too_deep(raw):
+        raise ProtocolError(
+            f"The message nests objects or arrays deeper than {MAX_DEPTH} levels.",
+            code="invalid_json",
+            param=None,
+        )
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(
+            f"The message is not valid JSON: {str(exc)[:200]}.", code="invalid_json", param=None
+        ) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            "An event must be a JSON object with a 'type'.", code="invalid_event", param=None
+        )
+    if "type" not in obj:
+        raise missing_parameter("type", _event_id(obj))
+    if not isinstance(obj["type"], str):
+        raise ProtocolError(
+            "Invalid type for 'type': expected a string.",
+            code="invalid_type",
+            param="type",
+            event_id=_event_id(obj),
+        )
+    return obj
