@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ProtocolError, missing_parameter
 
-__all__ = ["MAX_DEPTH", "load_client_event"]
+__all__ = ["MAX_DEPTH", "is_plain", "load_client_event"]
 
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays a client event may have (real events need about 8)."""
@@ -62,18 +62,27 @@ def load_client_event(raw: str | bytes) -> dict[str, Any]:
             raise ProtocolError(
                 "The message is not valid UTF-8 JSON.", code="invalid_json", param=None
             ) from None
-    if _too_deep(raw):
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        obj = None  # deeper than the parser goes: refused below as too deep
+    except ValueError as exc:
+        raise ProtocolError(
+            f"The message is not valid JSON: {str(exc)[:200]}.", code="invalid_json", param=None
+        ) from None
+    # a flat event (an audio append: strings only) needs no depth scan
+    if obj is None or (
+        isinstance(obj, (dict, list))
+        and any(
+            isinstance(v, (dict, list)) for v in (obj.values() if isinstance(obj, dict) else obj)
+        )
+        and _too_deep(raw)
+    ):
         raise ProtocolError(
             f"The message nests objects or arrays deeper than {MAX_DEPTH} levels.",
             code="invalid_json",
             param=None,
         )
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(
-            f"The message is not valid JSON: {str(exc)[:200]}.", code="invalid_json", param=None
-        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(
             "An event must be a JSON object with a 'type'.", code="invalid_event", param=None
@@ -88,3 +97,10 @@ def load_client_event(raw: str | bytes) -> dict[str, Any]:
             event_id=_event_id(obj),
         )
     return obj
+
+
+def is_plain(text: str, event: dict[str, Any]) -> bool:
+    """Whether ``text`` says exactly what ``event`` (its parse) says, so it may be passed on
+    as it is: string values only, and no key twice (every key and value accounts for two of
+    the text's quotes, and there are no others: an escaped quote or a duplicate key adds more)."""
+    return text.count('"') == 4 * len(event) and all(isinstance(v, str) for v in event.values())

@@ -54,7 +54,7 @@ from ..protocol.conversation import Conversation
 from ..protocol.dialect import PREVIEW_SERVER_NAMES, DialectName
 from ..protocol.errors import ProtocolError
 from ..protocol.events import parse_server_event
-from ..protocol.frames import load_client_event
+from ..protocol.frames import is_plain, load_client_event
 from ..protocol.restore import restore_events
 from ..protocol.resume import Restore, ResumePolicy, SessionEnd
 from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
@@ -580,7 +580,8 @@ class Relay:
         if event["type"] in _HOT_CLIENT:  # an audio append: the same in both dialects
             if self.observer is not None:
                 self.observer("client", event)
-            await self._send_upstream_text(_dumps(event))
+            # passed on as written only when the text cannot mean anything else
+            await self._send_upstream_text(text if is_plain(text, event) else _dumps(event))
             return
         if self.client_dialect == "preview":
             event = _dialect.preview_to_ga_client(event)  # a ProtocolError is answered
