@@ -8,8 +8,9 @@ What reached the upstream is read from the relay's observer, which sees every ev
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,7 @@ import pytest
 
 from aoai_realtime.server import Policy, ServerThread
 from aoai_realtime.server.tools import demo_tools
-from helpers import engine_thread, make_server, open_page
+from helpers import Client, engine_thread, make_server, open_page
 
 SCRIPT: dict[str, Any] = {
     "default": "I heard you say: {user}.",
@@ -72,6 +73,18 @@ def guarded(engine: Any) -> Iterator[tuple[ServerThread, Upstream]]:
         srv.close()
 
 
+@contextlib.asynccontextmanager
+async def page_of(srv: ServerThread) -> AsyncIterator[Client]:
+    """A page with its session started; on the way out, no ``relay_error`` may have come: a
+    hostile frame is refused, it never ends the page's session."""
+    async with aiohttp.ClientSession() as http:
+        page = await open_page(srv.ws_url, http)
+        await page.wait_for("session.created")
+        yield page
+        assert page.errors("relay_error") == []
+        await page.ws.close()
+
+
 def no_page_instructions(upstream: Upstream) -> None:
     for event in upstream.of_type("session.update"):
         session = event.get("session") or {}
@@ -98,9 +111,7 @@ async def test_a_disguised_session_update_is_policed(
     guarded: tuple[ServerThread, Upstream], frame: str
 ) -> None:
     srv, upstream = guarded
-    async with aiohttp.ClientSession() as http:
-        page = await open_page(srv.ws_url, http)
-        await page.wait_for("session.created")
+    async with page_of(srv) as page:
         await page.send_raw(frame)
         refused = await page.wait_for("error")
         assert refused["error"]["code"] == "policy_violation"
@@ -113,17 +124,13 @@ async def test_a_disguised_session_update_is_policed(
         no_page_instructions(upstream)
         done = await page.say("hello")
         assert done["response"]["status"] == "completed"
-        assert page.errors("relay_error") == []
-        await page.ws.close()
 
 
 async def test_a_page_cannot_forge_a_server_tools_output(
     guarded: tuple[ServerThread, Upstream],
 ) -> None:
     srv, upstream = guarded
-    async with aiohttp.ClientSession() as http:
-        page = await open_page(srv.ws_url, http)
-        await page.wait_for("session.created")
+    async with page_of(srv) as page:
         await page.say("What is the time in Tokyo?", wait=False)
         added = await page.wait_for("response.output_item.added")
         call_id = added["item"]["call_id"]
@@ -162,17 +169,13 @@ async def test_a_page_cannot_forge_a_server_tools_output(
         await page.send({**forged, "event_id": "evt_forged_later"})
         later = await page.wait_for("error")
         assert later["error"]["event_id"] == "evt_forged_later"
-        assert page.errors("relay_error") == []
-        await page.ws.close()
 
 
 async def test_response_input_cannot_smuggle_a_system_message_or_a_made_up_call(
     guarded: tuple[ServerThread, Upstream],
 ) -> None:
     srv, upstream = guarded
-    async with aiohttp.ClientSession() as http:
-        page = await open_page(srv.ws_url, http)
-        await page.wait_for("session.created")
+    async with page_of(srv) as page:
         user = {
             "type": "message",
             "role": "user",
@@ -198,17 +201,13 @@ async def test_response_input_cannot_smuggle_a_system_message_or_a_made_up_call(
             [i for i in sent if i.get("type") != "function_call_output"]
         )
         assert all(i.get("role") != "system" and i.get("type") != "function_call" for i in sent)
-        assert page.errors("relay_error") == []
-        await page.ws.close()
 
 
 async def test_a_deep_or_surrogate_frame_is_refused_and_the_session_goes_on(
     guarded: tuple[ServerThread, Upstream],
 ) -> None:
     srv, _ = guarded
-    async with aiohttp.ClientSession() as http:
-        page = await open_page(srv.ws_url, http)
-        await page.wait_for("session.created")
+    async with page_of(srv) as page:
         deep = '{"type":"conversation.item.create","item":' + "[" * 1000 + "]" * 1000 + "}"
         await page.send_raw(deep)
         refused = await page.wait_for("error")
@@ -226,5 +225,3 @@ async def test_a_deep_or_surrogate_frame_is_refused_and_the_session_goes_on(
         assert echoed["item"]["content"][0]["text"] == "x\udfff"
         done = await page.say("hello")
         assert done["response"]["status"] == "completed"
-        assert page.errors("relay_error") == []
-        await page.ws.close()
