@@ -52,15 +52,26 @@ _PART_TO_PREVIEW = {"output_text": "text", "output_audio": "audio"}
 # ---------------------------------------------------------------------------------- items
 
 
+def _renamed_parts(content: Any, table: dict[str, str]) -> bool:
+    """Whether ``content`` is a list with a part to rename (a malformed one is left alone, for
+    validation to refuse with the parameter's name)."""
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in table
+        for p in content
+    )
+
+
 def item_to_ga(item: dict[str, Any]) -> dict[str, Any]:
     """Preview item -> GA item (assistant content parts ``text``/``audio`` renamed)."""
     content = item.get("content")
-    if not content or not any(p.get("type") in _PART_TO_GA for p in content):
+    if not isinstance(content, list) or not _renamed_parts(content, _PART_TO_GA):
         return item
     return {
         **item,
         "content": [
-            {**p, "type": _PART_TO_GA[p["type"]]} if p.get("type") in _PART_TO_GA else p
+            {**p, "type": _PART_TO_GA[p["type"]]}
+            if isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in _PART_TO_GA
+            else p
             for p in content
         ],
     }
@@ -69,12 +80,16 @@ def item_to_ga(item: dict[str, Any]) -> dict[str, Any]:
 def item_to_preview(item: dict[str, Any]) -> dict[str, Any]:
     """GA item -> preview item."""
     content = item.get("content")
-    if not content or not any(p.get("type") in _PART_TO_PREVIEW for p in content):
+    if not isinstance(content, list) or not _renamed_parts(content, _PART_TO_PREVIEW):
         return item
     return {
         **item,
         "content": [
-            {**p, "type": _PART_TO_PREVIEW[p["type"]]} if p.get("type") in _PART_TO_PREVIEW else p
+            {**p, "type": _PART_TO_PREVIEW[p["type"]]}
+            if isinstance(p, dict)
+            and isinstance(p.get("type"), str)
+            and p["type"] in _PART_TO_PREVIEW
+            else p
             for p in content
         ],
     }
@@ -142,8 +157,8 @@ _PREVIEW_INPUT_TOKEN_DETAILS = ("cached_tokens", "text_tokens", "audio_tokens")
 def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
     """``response.create``'s ``response`` from preview to GA shape."""
     out = response_to_ga(params)
-    if "input" in out and out["input"]:
-        out["input"] = [item_to_ga(i) for i in out["input"]]
+    if isinstance(out.get("input"), list):
+        out["input"] = [item_to_ga(i) if isinstance(i, dict) else i for i in out["input"]]
     if "temperature" in params:
         out["temperature"] = params["temperature"]
     return out
@@ -154,8 +169,8 @@ def response_params_to_preview(params: dict[str, Any]) -> dict[str, Any]:
     out = response_to_preview(params)
     if "max_output_tokens" in out:
         out["max_response_output_tokens"] = out.pop("max_output_tokens")
-    if "input" in out and out["input"]:
-        out["input"] = [item_to_preview(i) for i in out["input"]]
+    if isinstance(out.get("input"), list):
+        out["input"] = [item_to_preview(i) if isinstance(i, dict) else i for i in out["input"]]
     return out
 
 
@@ -279,8 +294,17 @@ def preview_to_ga_client(event: dict[str, Any]) -> dict[str, Any]:
         if "temperature" in session:
             ga["temperature"] = session["temperature"]
         return {**event, "session": ga}
-    if kind == "conversation.item.create" and isinstance(event.get("item"), dict):
-        return {**event, "item": item_to_ga(event["item"])}
-    if kind == "response.create" and isinstance(event.get("response"), dict):
-        return {**event, "response": response_params_to_ga(event["response"])}
+    try:
+        if kind == "conversation.item.create" and isinstance(event.get("item"), dict):
+            return {**event, "item": item_to_ga(event["item"])}
+        if kind == "response.create" and isinstance(event.get("response"), dict):
+            return {**event, "response": response_params_to_ga(event["response"])}
+    except (TypeError, AttributeError, ValueError) as exc:  # a field of the wrong shape
+        where = "item" if kind == "conversation.item.create" else "response"
+        raise ProtocolError(
+            f"Invalid value in '{where}': {str(exc)[:200]}.",
+            code="invalid_value",
+            param=where,
+            event_id=event.get("event_id") if isinstance(event.get("event_id"), str) else None,
+        ) from None
     return event

@@ -274,7 +274,8 @@ class SessionConfig(BaseModel):
             data["transcription"] = session["input_audio_transcription"]
         if "turn_detection" in session:
             td = session["turn_detection"]
-            data["turn_detection"] = None if td is None or td.get("type") == "none" else td
+            off = td is None or (isinstance(td, dict) and td.get("type") == "none")
+            data["turn_detection"] = None if off else td
         if "input_audio_noise_reduction" in session:
             data["noise_reduction"] = session["input_audio_noise_reduction"]
         if "max_response_output_tokens" in session:
@@ -346,7 +347,8 @@ def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
 
 
 def _read_ga_format(fmt: Any, where: str) -> str:
-    if isinstance(fmt, dict) and fmt.get("type") in _FROM_GA_FORMAT:
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if isinstance(kind, str) and kind in _FROM_GA_FORMAT:
         if fmt.get("type") == "audio/pcm" and fmt.get("rate", 24000) != 24000:
             raise invalid_value(f"{where}.rate", f"Invalid value for '{where}.rate': only 24000.")
         return _FROM_GA_FORMAT[fmt["type"]]
