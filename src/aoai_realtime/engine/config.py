@@ -42,5 +42,8 @@ class EngineConfig:
     speech: Any = None
     no_speech: bool = False
     session_max_s: float = 30 * 60.0
+    send_budget_bytes: int = 16 * 1024 * 1024
+    """Unsent events one client may have waiting (encoded size) before the engine closes it with
+    1008: a client that sends but does not read cannot make the engine grow."""
     rate_limit_tokens: int = 40_000
     rate_limit_requests: int = 1_000

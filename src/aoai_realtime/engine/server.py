@@ -404,6 +404,19 @@ class _Close:
     reason: str
 
 
+@dataclass
+class _Out:
+    """One server event, encoded for the wire as it was emitted (so its size is known)."""
+
+    event: dict[str, Any]
+    frames: list[str]
+    size: int
+
+
+CLOSE_NOT_READING = 1008
+"""The close code for a client that stopped reading while its events piled up (policy)."""
+
+
 class Connection:
     """One client: its session, its channel, its writer, its faults."""
 
@@ -411,7 +424,10 @@ class Connection:
         self.engine = engine
         self.channel = channel
         self.faults = faults = admission.faults
-        self.queue: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Out | _Close] = asyncio.Queue()
+        self.send_budget = engine.config.send_budget_bytes
+        self._queued_bytes = 0
+        self._not_reading = False
         conversation_id = ids.conversation_id()
         self.wire = Wire(admission.dialect, conversation_id=conversation_id)
         config = engine.config
@@ -424,12 +440,39 @@ class Connection:
             model=admission.model,
             brain=engine.brain,
             speech=engine.speech,
-            emit=self.queue.put_nowait,
+            emit=self._enqueue,
             faults=faults,
             rate_limits=RateLimits(config.rate_limit_tokens, config.rate_limit_requests),
             expires_at=int(time.time() + expiry),
             conversation_id=conversation_id,
         )
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        """Queue one event for the writer. A client that does not read while its unsent events
+        pass :attr:`send_budget` bytes is closed (1008): it cannot make the engine grow."""
+        if self._not_reading:
+            return
+        frames = self.wire.encode(event)
+        size = sum(len(frame) for frame in frames)
+        self._queued_bytes += size
+        if self._queued_bytes > self.send_budget:
+            self._not_reading = True
+            log.warning(
+                "closing a client that does not read: %d bytes of events unsent (budget %d)",
+                self._queued_bytes,
+                self.send_budget,
+            )
+            self.queue = asyncio.Queue()  # let go of what it will never read
+            self._queued_bytes = 0
+            self.session.spawn(
+                self.channel.close(
+                    CLOSE_NOT_READING,
+                    "client is not reading: its unsent events passed the engine's budget",
+                ),
+                "engine close not reading",
+            )
+            return
+        self.queue.put_nowait(_Out(event, frames, size))
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write(), name="engine writer")
@@ -501,10 +544,12 @@ class Connection:
                 await channel.close(faults.close_code, "fault: close")
                 return
             while True:
-                event = await self.queue.get()
-                if isinstance(event, _Close):
-                    await channel.close(event.code, event.reason)
+                out = await self.queue.get()
+                if isinstance(out, _Close):
+                    await channel.close(out.code, out.reason)
                     return
+                self._queued_bytes -= out.size
+                event = out.event
                 if (
                     faults.delay_audio_ms
                     and event.get("type") == "response.output_audio.delta"
@@ -512,7 +557,7 @@ class Connection:
                 ):
                     delayed.add(str(event.get("response_id")))
                     await asyncio.sleep(faults.delay_audio_ms / 1000)
-                for frame in self.wire.encode(event):
+                for frame in out.frames:
                     await channel.send(frame)
                     sent += 1
                     if faults.close_code is not None and sent >= faults.close_after_events:

