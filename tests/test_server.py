@@ -529,28 +529,24 @@ def test_custom_azure_endpoint_resolution_on_loopback() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "code", "words", "needs_response"),
+    ("fault", "code", "words", "close"),
     [
-        ("refuse:401", "upstream_unauthorized", "401", False),
-        ("refuse:403", "upstream_forbidden", "403", False),
-        ("refuse:429", "upstream_rate_limited", "wait 1 s", False),
-        ("refuse:503", "upstream_server_error", "503", False),
-        ("close:1011:after=2", "upstream_closed", "1011", False),
-        ("server_error", "upstream_server_error", "internal error", True),
-        ("expire:1", "session_expired", "maximum duration", False),
+        ("refuse:401", "upstream_unauthorized", "401", 1011),
+        ("refuse:403", "upstream_forbidden", "403", 1011),
+        ("refuse:429", "upstream_rate_limited", "wait 1 s", 1011),
+        ("refuse:503", "upstream_server_error", "503", 1011),
+        ("close:1011:after=2", "upstream_closed", "1011", 1011),
+        ("expire:1", "session_expired", "maximum duration", 1000),
     ],
 )
 async def test_upstream_failure_is_one_clear_message_then_start_again(
-    any_server: ServerThread, fault: str, code: str, words: str, needs_response: bool
+    any_server: ServerThread, fault: str, code: str, words: str, close: int
 ) -> None:
     server = any_server
     server.upstreams.local_query = {"fault": fault}
     try:
         async with aiohttp.ClientSession() as http:
             page = await open_page(server.ws_url, http)
-            if needs_response:
-                await page.wait_for("session.created")
-                await page.say("hello", wait=False)  # the engine fails this response
             close_code = await page.drain_until_closed(timeout=15)
             relay_errors = [e for e in page.of_type("error") if e["error"]["type"] == "relay_error"]
             assert len(relay_errors) == 1, page.events
@@ -559,7 +555,7 @@ async def test_upstream_failure_is_one_clear_message_then_start_again(
             assert words in error["message"]
             assert "Start" in error["message"]  # says what to do
             assert page.events[-1] is relay_errors[0]  # nothing after it
-            assert close_code is not None and close_code >= 1000
+            assert close_code == close  # the documented code, never an abnormal 1006
     finally:
         server.upstreams.local_query = {}
     # a new connection works
@@ -569,6 +565,29 @@ async def test_upstream_failure_is_one_clear_message_then_start_again(
         done = await page.say("hello")
         assert done["response"]["status"] == "completed"
         await page.ws.close()
+
+
+async def test_upstream_server_error_fails_one_response_and_the_session_goes_on(
+    any_server: ServerThread,
+) -> None:
+    """The service's ``server_error`` fails a request, not the session: the page hears it as the
+    service said it, and the next turn is answered in the same session."""
+    server = any_server
+    server.upstreams.local_query = {"fault": "server_error"}  # the first response fails
+    try:
+        async with aiohttp.ClientSession() as http:
+            page = await open_page(server.ws_url, http)
+            await page.wait_for("session.created")
+            failed = await page.say("hello")
+            assert failed["response"]["status"] == "failed"
+            errors = page.of_type("error")
+            assert [e["error"]["type"] for e in errors] == ["server_error"], errors
+            done = await page.say("hello again")
+            assert done["response"]["status"] == "completed"
+            assert not page.ws.closed
+            await page.ws.close()
+    finally:
+        server.upstreams.local_query = {}
 
 
 async def test_unreachable_upstream() -> None:

@@ -52,7 +52,7 @@ from .config import DEFAULT_MODEL, EngineConfig
 from .scripted import ScriptedBrain
 from .session import RateLimits, RealtimeSession
 from .wire import Wire
-from .workers import SharedSpeech
+from .workers import SharedSpeech, model_owner
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +475,7 @@ class Connection:
         self.queue.put_nowait(_Out(event, frames, size))
 
     async def run(self) -> None:
+        model_owner(self)  # this session's model work queues apart from the others'
         writer = asyncio.create_task(self._write(), name="engine writer")
         expiry = asyncio.create_task(self._expire(), name="engine expiry")
         self.session.start()

@@ -2,7 +2,9 @@
 
 The models are CPU-bound and not safe to call from two threads at once, so each gets one worker
 thread of its own: concurrent sessions queue for a model instead of crashing it, and the event
-loop never waits on one. Streams (LLM tokens, TTS audio) are produced in the worker thread and
+loop never waits on one. The queue is fair: each session (the :func:`model_owner` of the code
+that asks) has a queue of its own and the thread serves them in turn, so a session that asks
+for many replies at once delays another session's next job by at most the one running. Streams (LLM tokens, TTS audio) are produced in the worker thread and
 handed to the loop as they come, so the first sentence is spoken while the rest is generated.
 
 One :class:`SharedSpeech` exists per loaded :class:`SpeechStack` (see :meth:`for_stack`), so
@@ -12,9 +14,11 @@ several engines in one process (tests, the middle tier) share the same queues.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,6 +26,73 @@ T = TypeVar("T")
 LLM_MAX_AHEAD = 3
 """The model pauses when this many text pieces wait unread: a consumer that stops reading (to
 let the first sentence be synthesized at full speed) stops the model using the CPU."""
+
+_OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("model_owner", default=None)
+
+
+def model_owner(owner: object) -> None:
+    """Name whose model work the current task (and the tasks it starts) asks for: one session.
+    Jobs of different owners are served in turn (see :class:`FairExecutor`)."""
+    _OWNER.set(owner)
+
+
+class FairExecutor(Executor):
+    """One worker thread serving a queue per owner, round-robin (owner: :func:`model_owner` at
+    ``submit``). Within one owner, jobs run in the order they came."""
+
+    def __init__(self, name: str) -> None:
+        self._ready = threading.Condition()
+        self._queues: OrderedDict[object, deque[tuple[Future[Any], Callable[[], Any]]]] = (
+            OrderedDict()
+        )
+        self._shutdown = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        owner = _OWNER.get()
+        with self._ready:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            queue = self._queues.get(owner)
+            if queue is None:
+                queue = self._queues[owner] = deque()
+            queue.append((future, lambda: fn(*args, **kwargs)))
+            self._ready.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queues and not self._shutdown:
+                    self._ready.wait()
+                if not self._queues:
+                    return
+                owner, queue = self._queues.popitem(last=False)
+                future, job = queue.popleft()
+                if queue:
+                    self._queues[owner] = queue  # its next job waits for the others' turn
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                future.set_exception(exc)
+            del future, job  # hold nothing of a finished job while waiting for the next
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._ready:
+            self._shutdown = True
+            if cancel_futures:
+                for queue in self._queues.values():
+                    for future, _ in queue:
+                        future.cancel()
+                self._queues.clear()
+            self._ready.notify_all()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
 
 _REGISTRY: dict[int, SharedSpeech] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -32,9 +103,9 @@ class SharedSpeech:
 
     def __init__(self, stack: Any) -> None:
         self.stack = stack
-        self._stt = ThreadPoolExecutor(1, thread_name_prefix="engine-stt")
-        self._tts = ThreadPoolExecutor(1, thread_name_prefix="engine-tts")
-        self._llm = ThreadPoolExecutor(1, thread_name_prefix="engine-llm")
+        self._stt = FairExecutor("engine-stt")
+        self._tts = FairExecutor("engine-tts")
+        self._llm = FairExecutor("engine-llm")
         # VAD state is per session (one TurnDetector each), so two sessions may run at once.
         self._vad = ThreadPoolExecutor(2, thread_name_prefix="engine-vad")
 
@@ -152,7 +223,7 @@ _DONE = object()
 
 
 async def _stream_in(
-    pool: ThreadPoolExecutor, make: Callable[[], Iterator[T]], max_ahead: int | None = None
+    pool: Executor, make: Callable[[], Iterator[T]], max_ahead: int | None = None
 ) -> AsyncIterator[T]:
     """Run an iterator in ``pool``'s thread and yield its items on the loop as they come.
 

@@ -167,6 +167,10 @@ current state is a bug, raised at once (never a silent half-state)."""
 
 # Handshake failures of a resume attempt that are tried again (within the attempt budget);
 # any other (credentials, permissions, deployment, rate limit) ends the page's session at once.
+CLIENT_STALL_S = 10.0
+"""How long a send to the page may hang before the page counts as not reading (see
+:meth:`Relay._watch_client`)."""
+
 _RETRY_CONNECT = frozenset({"upstream_unreachable", "upstream_server_error"})
 _TRUNCATE = "conversation.item.truncate"
 _OWN_EVENTS_KEPT = 4096
@@ -236,8 +240,12 @@ class Relay:
         preview_turn_detection_none: bool = True,
         resume: ResumeOptions | None = None,
         refresh_credential: Callable[[], None] | None = None,
+        client_stall_s: float = CLIENT_STALL_S,
     ) -> None:
         self.client = client
+        self.client_stall_s = client_stall_s
+        """A page whose send has not gone through for this long (between one and two times
+        it) is not reading: it is closed (1008), so it cannot hold the session's memory."""
         self.connect = connect
         self.refresh_credential = refresh_credential
         """Forgets a cached token (after a 401 on a resume attempt, one more try gets a fresh
@@ -329,6 +337,7 @@ class Relay:
             pumps = [
                 asyncio.create_task(self._client_pump(), name=f"relay-{self.conn_id}-client"),
                 asyncio.create_task(self._upstream_pump(), name=f"relay-{self.conn_id}-upstream"),
+                asyncio.create_task(self._watch_client(), name=f"relay-{self.conn_id}-watch"),
             ]
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         except _UpstreamGone:
@@ -425,6 +434,27 @@ class Relay:
                 "a new session.",
             )
         )
+
+    async def _watch_client(self) -> None:
+        """Close a page that stopped reading: a send to it that has not gone through for a whole
+        :attr:`client_stall_s` (nothing more reached it meanwhile). Costs one timer per period,
+        nothing per message."""
+        sent = -1
+        while True:
+            await asyncio.sleep(self.client_stall_s)
+            if self._client_lock.locked() and self.stats.to_client == sent:
+                log(
+                    "relay.client_not_reading",
+                    30,
+                    conn=self.conn_id,
+                    stalled_s=self.client_stall_s,
+                    to_client=sent,
+                )
+                self.stats.closed_by = self.stats.closed_by or "relay"
+                self.stats.error_code = "client_not_reading"
+                await self.client.close(CLOSE_POLICY, "client_not_reading")
+                return
+            sent = self.stats.to_client
 
     # ------------------------------------------------------------------------------ sending
 
@@ -799,16 +829,9 @@ class Relay:
             )
             return False
         if error.get("type") == "server_error":
-            await self._fail(
-                RelayError(
-                    "upstream_server_error",
-                    f"{_cap(self.upstream_label)} had an internal error{said}. This is on the "
-                    "service's side: press Start to begin a new session; if it keeps happening, "
-                    "check the service's status.",
-                    close_code=CLOSE_UPSTREAM,
-                )
-            )
-            return False
+            # The service failed one request (a response ends "failed"); the session goes on,
+            # and the page hears of it as the service said it.
+            log("relay.upstream_server_error", 30, conn=self.conn_id, message=message)
         return True
 
     # ------------------------------------------------------------------------------ resume
