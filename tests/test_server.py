@@ -471,7 +471,16 @@ async def test_endpoint_allow_list_refuses_other_hosts(
 
 
 async def test_custom_azure_endpoint_needs_a_loopback_server(tool_engine: Any) -> None:
-    srv = make_server(tool_engine, host="0.0.0.0")
+    from aoai_realtime.server import LocalEngine, ServerConfig
+
+    # off loopback a token is required (tests/test_exposure.py): here, an authenticating proxy
+    upstreams = Upstreams(
+        settings=None, local=LocalEngine.external(tool_engine.http_url), listen_host="0.0.0.0"
+    )
+    config = ServerConfig(
+        host="0.0.0.0", port=0, policy=Policy.build(tools=demo_tools()), no_auth=True
+    )
+    srv = ServerThread(config, upstreams, bind="127.0.0.1")
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(srv.url + "api/config") as resp:

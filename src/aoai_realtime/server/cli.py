@@ -4,6 +4,9 @@ With Azure settings (``AZURE_OPENAI_ENDPOINT`` and a deployment) the upstream is
 GA dialect, or the preview one when ``AZURE_OPENAI_API_VERSION`` is set; the local engine is
 still offered to the page and starts on first use. Without them, the local engine starts here,
 in this process, before the server says it is ready.
+
+Off loopback (``--host 0.0.0.0``) it wants an access token of its own (``--token-file``,
+``$AOAI_REALTIME_SERVE_TOKEN``, ``--token``) or ``--no-auth``, and refuses to start without.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,14 +23,24 @@ from typing import Any
 
 from .._threads import run as run_loop
 from ..config import ConfigError, Settings, build_url
-from .app import ServerConfig, create_app
+from .app import (
+    SERVER_HEADER,
+    ServerConfig,
+    check_token,
+    create_app,
+    exposed,
+    exposure_problem,
+)
 from .local import LocalEngine
 from .logs import configure_logging
 from .policy import Policy
 from .tools import demo_tools
-from .upstream import Upstream, Upstreams, is_loopback_host
+from .upstream import Upstream, Upstreams
 
 DEFAULT_PORT = 8787
+TOKEN_ENV = "AOAI_REALTIME_SERVE_TOKEN"
+ALLOW_HOSTS_ENV = "AOAI_REALTIME_SERVE_ALLOW_HOSTS"
+_HOST_NAME_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
 
 
 def _port(text: str) -> int:
@@ -56,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1; custom endpoints are allowed only on "
-        "loopback)",
+        "loopback). Off loopback (0.0.0.0, a LAN address) an access token is required: "
+        "--token-file, $AOAI_REALTIME_SERVE_TOKEN or --token, else --no-auth",
     )
     parser.add_argument(
         "--port",
@@ -111,7 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="another origin allowed to open the relay (repeatable), e.g. https://app.example",
+        help="another origin allowed to open the relay (repeatable), compared exactly, scheme "
+        "included, e.g. https://app.example; behind a TLS proxy, the page's public https origin",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name this server answers for (repeatable; also "
+        f"${ALLOW_HOSTS_ENV}, comma-separated): the public name behind a proxy. Loopback "
+        "names always pass, and off loopback IP addresses and the --host name; requests for "
+        "other names get 403 (DNS rebinding)",
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help="file holding the access token clients must present (the middle tier's own, "
+        "never the Azure key): `Authorization: Bearer`, an `api-key` header, or the page, "
+        "which asks for it. Required off loopback; on loopback optional",
+    )
+    auth.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=None,
+        help=f"the access token itself (other users can see it in the process list: prefer "
+        f"--token-file or ${TOKEN_ENV})",
+    )
+    auth.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve off loopback without a token: ONLY behind a proxy that authenticates "
+        "every request itself (anyone reaching this port could use the upstream)",
     )
     parser.add_argument(
         "--record",
@@ -142,6 +190,70 @@ def _resolve_port(arg: int | None) -> int:
         return _port(env)
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(f"PORT={env!r}: {exc}; set PORT to a number such as 8787") from None
+
+
+def _resolve_token(args: argparse.Namespace) -> str | None:
+    """The access token: ``--token``, ``--token-file``, else ``$AOAI_REALTIME_SERVE_TOKEN``."""
+    if args.token is not None:
+        return check_token(args.token.strip())
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {args.token_file}: cannot read it ({exc})") from None
+        if not text:
+            raise ConfigError(f"--token-file {args.token_file} is empty: write the token in it")
+        try:
+            return check_token(text)
+        except ConfigError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc}") from None
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        return check_token(env)
+    except ConfigError as exc:
+        raise ConfigError(f"{TOKEN_ENV}: {exc}") from None
+
+
+def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--allow-host`` names and ``$AOAI_REALTIME_SERVE_ALLOW_HOSTS``, lower case, no port."""
+    given = [*args.allow_host, *os.environ.get(ALLOW_HOSTS_ENV, "").split(",")]
+    names: list[str] = []
+    for raw in given:
+        value = raw.strip()
+        if not value:
+            continue
+        if "/" in value or "*" in value:
+            name = ""
+        elif value.startswith("["):
+            name = value[: value.find("]") + 1]
+        else:
+            name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        name = name.rstrip(".").lower()
+        if not _HOST_NAME_RE.match(name):
+            raise ConfigError(
+                f"--allow-host {value!r}: give a host name such as app.example (no scheme, no "
+                "path, no wildcard)"
+            )
+        names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+def _allowed_origins(values: Sequence[str]) -> tuple[str, ...]:
+    """``--allow-origin`` values as browsers write origins: ``scheme://host[:port]``."""
+    origins: list[str] = []
+    for raw in values:
+        value = raw.strip().rstrip("/").lower()
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(
+                f"--allow-origin {raw!r}: give an origin such as https://app.example (scheme, "
+                "host and port if not the default; no path)"
+            )
+        origins.append(value)
+    return tuple(origins)
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
@@ -232,19 +344,41 @@ def prepare(args: argparse.Namespace) -> tuple[ServerConfig, Upstreams]:
         host=args.host,
         port=port,
         policy=policy,
-        allowed_origins=tuple(args.allow_origin),
+        allowed_origins=_allowed_origins(args.allow_origin),
+        allowed_hosts=_allowed_hosts(args),
+        token=_resolve_token(args),
+        no_auth=args.no_auth,
         resume=not args.no_resume,
         observer_factory=recorder_factory(args.record) if args.record else None,
     )
+    problem = exposure_problem(config)
+    if problem is not None:  # before the local engine loads its models
+        raise ConfigError(problem)
     upstreams = Upstreams(
         settings=settings if has_azure else None, local=local, listen_host=args.host
     )
     return config, upstreams
 
 
+def exposure_notes(config: ServerConfig) -> list[str]:
+    """What ``serve`` says on start about who can reach it (nothing on plain loopback)."""
+    if config.no_auth and exposed(config):
+        return [
+            "aoai-realtime: WARNING: --no-auth: no access token is checked. Anyone who reaches "
+            f"{config.host}:{config.port} can use the upstream on your credentials unless the "
+            "proxy in front authenticates every request."
+        ]
+    if config.token is not None:
+        return [
+            "aoai-realtime: an access token is required on /realtime and /api/config (the page "
+            "asks for it once)"
+        ]
+    return []
+
+
 async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None) -> None:
     """Run until SIGINT/SIGTERM (or cancellation). ``ready(url)`` is called once listening."""
-    from aiohttp import web
+    from aiohttp import web, web_response
 
     if upstreams.configured is None and upstreams.local is not None:
         print("aoai-realtime: starting the local engine", flush=True)
@@ -252,6 +386,10 @@ async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None
     app = create_app(config, upstreams)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    # The app's hook names every response it sees; aiohttp answers requests that do not parse
+    # (400) before any app code runs, with its version banner: this process's banner is ours.
+    banner = getattr(web_response, "SERVER_SOFTWARE", None)
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_HEADER)  # noqa: B010 - not a public name
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
@@ -262,13 +400,8 @@ async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None
             if sockets:
                 url = _display_url(config.host, sockets[0].getsockname()[1])
         print(f"aoai-realtime serving {url} (upstream: {describe_upstream(upstreams)})", flush=True)
-        if not is_loopback_host(config.host):
-            print(
-                "aoai-realtime: listening beyond this machine: anyone who reaches this port can "
-                "use the upstream; put it behind authentication",
-                file=sys.stderr,
-                flush=True,
-            )
+        for line in exposure_notes(config):
+            print(line, file=sys.stderr, flush=True)
         if ready is not None:
             ready(url)
         stop = asyncio.Event()
@@ -280,6 +413,8 @@ async def serve(config: ServerConfig, upstreams: Upstreams, *, ready: Any = None
         print("aoai-realtime: shutting down", flush=True)
     finally:
         await runner.cleanup()
+        if banner is not None:
+            setattr(web_response, "SERVER_SOFTWARE", banner)  # noqa: B010
 
 
 def main(argv: Sequence[str] | None = None) -> int:

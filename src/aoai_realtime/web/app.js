@@ -15,14 +15,18 @@
 //   lastError {type, code, message} of the last fatal error, null after Start
 //   notices   every non-fatal notice of the middle tier: {code, message} (e.g. session_resumed)
 //   turns     latency of each spoken turn in ms (speech_stopped -> first assistant audio heard)
+//   auth      "none" (no token needed), "needed" (api/config answered 401: the token field is
+//             shown), "refused" (the token given was refused), "token" (a token is in use)
 
 import { AudioIO, AudioSetupError, RATE, base64ToBytes, bytesToBase64 } from "./audio.js";
 import {
   RealtimeConnection,
+  TOKEN_PATTERN,
   buildSessionUpdate,
   eventSummary,
   realtimeUrl,
   sentSummary,
+  tokenProtocols,
 } from "./realtime.js";
 import { Banner, EventLog, Meter, Stats, Status, Transcript, formatMs } from "./ui.js";
 
@@ -52,9 +56,13 @@ const CUSTOM = "__custom__";
 const TIMEOUT_MS = 15000; // to open the socket, and then to receive session.created
 const MAX_BUFFERED = 256 * 1024; // drop microphone frames rather than queue seconds of audio
 const SETTINGS_DEBOUNCE_MS = 400;
+const TOKEN_KEY = "aoai-realtime.token"; // sessionStorage: this tab only, gone when it closes
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  tokenForm: $("token-form"),
+  token: $("token"),
+  tokenError: $("token-error"),
   connectForm: $("connect-form"),
   endpoint: $("endpoint"),
   customEndpoint: $("custom-endpoint"),
@@ -103,6 +111,7 @@ const rt = {
   lastError: null,
   notices: [],
   turns: [],
+  auth: "none",
 };
 window.__rt = rt;
 
@@ -114,6 +123,7 @@ let configLoaded = false;
 let current = null; // the live Session, or null
 let tokens = 0;
 const handlerErrors = new Set();
+let accessToken = readStoredToken(); // the middle tier's own token (never an Azure key), or ""
 
 /** Everything that belongs to one Start..Stop. */
 class Session {
@@ -258,11 +268,84 @@ function option(value, label) {
   return node;
 }
 
+function readStoredToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Storage off (a privacy mode): the token lives until the page is reloaded.
+  }
+}
+
+function configRequest() {
+  const headers = { accept: "application/json" };
+  if (accessToken) headers.authorization = `Bearer ${accessToken}`;
+  return fetch("api/config", { cache: "no-store", headers });
+}
+
+/** The server wants its access token (api/config answered 401): show the field, once. */
+function askForToken() {
+  const refused = !!accessToken;
+  accessToken = "";
+  storeToken("");
+  rt.auth = refused ? "refused" : "needed";
+  configLoaded = false;
+  ui.tokenForm.hidden = false;
+  ui.tokenError.hidden = !refused;
+  ui.tokenError.textContent = refused ? "The server refused that access token: enter it again." : "";
+  if (refused) ui.token.setAttribute("aria-invalid", "true");
+  else ui.token.removeAttribute("aria-invalid");
+  updateControls();
+  ui.token.focus();
+}
+
+function submitToken() {
+  const token = ui.token.value.trim();
+  if (!TOKEN_PATTERN.test(token)) {
+    ui.tokenError.textContent = token
+      ? "That cannot be this server's token: it holds only letters, digits and !#$%&'*+-.^_`|~."
+      : "Enter the access token.";
+    ui.tokenError.hidden = false;
+    ui.token.setAttribute("aria-invalid", "true");
+    ui.token.focus();
+    return;
+  }
+  accessToken = token;
+  storeToken(token);
+  ui.token.value = "";
+  loadConfig();
+}
+
+/** After a failed connection: if the token is what the server refused, ask for it again. */
+async function recheckToken() {
+  try {
+    const response = await configRequest();
+    if (response.status === 401) askForToken();
+  } catch {
+    // The server is unreachable: the banner already says so.
+  }
+}
+
 async function loadConfig() {
   try {
-    const response = await fetch("api/config", { cache: "no-store", headers: { accept: "application/json" } });
+    const response = await configRequest();
+    if (response.status === 401) {
+      askForToken();
+      return;
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     config = await response.json();
+    rt.auth = accessToken ? "token" : "none";
+    ui.tokenForm.hidden = true;
+    ui.tokenError.hidden = true;
   } catch (err) {
     config = null;
     banner.show(
@@ -383,6 +466,7 @@ async function start() {
       onClose: (info) => onClose(s, info),
       onSend: (event) => record("out", sentSummary(event)),
       previewNames: (config && config.preview_names) || {},
+      protocols: tokenProtocols(accessToken),
     });
     await s.conn.open(TIMEOUT_MS);
     if (current !== s) return;
@@ -397,6 +481,7 @@ async function start() {
     );
   } catch (err) {
     if (current === s) fail(s, describeStartError(err, url));
+    if (err && err.code === "connect_failed" && rt.auth === "token") recheckToken();
   }
 }
 
@@ -874,6 +959,14 @@ ui.connectForm.addEventListener("submit", (event) => {
   start();
 });
 ui.stop.addEventListener("click", stop);
+ui.tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitToken();
+});
+ui.token.addEventListener("input", () => {
+  ui.tokenError.hidden = true;
+  ui.token.removeAttribute("aria-invalid");
+});
 ui.endpoint.addEventListener("change", () => {
   hideFieldError();
   updateEndpointFields();

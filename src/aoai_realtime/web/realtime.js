@@ -78,15 +78,30 @@ export function sentSummary(event) {
   return out;
 }
 
+/** HTTP token characters: what the middle tier's access token (and a subprotocol) may hold. */
+export const TOKEN_PATTERN = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+
+/**
+ * The WebSocket subprotocols that carry the middle tier's access token: a browser cannot set
+ * headers on a WebSocket, so the token travels as `aoai-realtime.token.TOKEN` beside
+ * `aoai-realtime`, the one the server selects (the token is never echoed back). Not in the URL,
+ * where logs and history would keep it.
+ */
+export function tokenProtocols(token) {
+  return token ? ["aoai-realtime", `aoai-realtime.token.${token}`] : [];
+}
+
 /**
  * One WebSocket to the middle tier.
  *   onEvent(event)           every parsed server event (preview names mapped to GA)
  *   onClose({code, reason})  once, when the socket closes and close() was not called
  *   onSend(event)            every event actually sent
+ *   protocols                WebSocket subprotocols to offer (tokenProtocols(token))
  */
 export class RealtimeConnection {
-  constructor(url, { onEvent, onClose, onSend, previewNames }) {
+  constructor(url, { onEvent, onClose, onSend, previewNames, protocols }) {
     this.url = url;
+    this.protocols = protocols || [];
     this.previewNames = previewNames || {};
     this.onEvent = onEvent;
     this.onClose = onClose;
@@ -111,7 +126,9 @@ export class RealtimeConnection {
       }, timeoutMs);
       let ws;
       try {
-        ws = this.ws = new WebSocket(this.url);
+        ws = this.ws = this.protocols.length
+          ? new WebSocket(this.url, this.protocols)
+          : new WebSocket(this.url);
       } catch (err) {
         settle(reject, Object.assign(new Error(err.message), { code: "bad_url" }));
         return;
