@@ -583,6 +583,8 @@ async def test_out_of_band_response_stays_out_of_the_conversation(text_engine: A
 async def test_response_input_can_reference_existing_items(
     scripted_engine: Any, dialect: str, tts_wav: Callable[..., bytes]
 ) -> None:
+    # each dialect's own name (the preview does not know output_modalities)
+    text_only = {"output_modalities": ["text"]} if dialect == "ga" else {"modalities": ["text"]}
     async with connect(scripted_engine, dialect) as rt:
         await rt.update(**({"output_modalities": ["text"]} if dialect == "ga" else {}))
         await rt.send(
@@ -612,7 +614,7 @@ async def test_response_input_can_reference_existing_items(
                 "type": "response.create",
                 "response": {
                     "conversation": "none",
-                    "output_modalities": ["text"],
+                    **text_only,
                     "input": [{"type": "item_reference", "id": "item_spoken_weather"}],
                 },
             }
@@ -626,7 +628,7 @@ async def test_response_input_can_reference_existing_items(
                 "type": "response.create",
                 "response": {
                     "conversation": "none",
-                    "output_modalities": ["text"],
+                    **text_only,
                     "input": [
                         {"type": "item_reference", "id": "item_spoken_weather"},
                         {
@@ -771,7 +773,7 @@ BAD_GA: list[tuple[str, str, str | None]] = [
     ),
     (
         '{"type": "input_audio_buffer.append", "audio": 7, "event_id": "e7"}',
-        "invalid_value",
+        "invalid_type",
         "audio",
     ),
     (
@@ -781,7 +783,7 @@ BAD_GA: list[tuple[str, str, str | None]] = [
     ),
     (
         '{"type": "conversation.item.retrieve", "item_id": 5, "event_id": "e9"}',
-        "invalid_value",
+        "invalid_type",
         "item_id",
     ),
     (
@@ -811,7 +813,7 @@ BAD_GA: list[tuple[str, str, str | None]] = [
     ),
     (
         '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": "high"}}}}, "event_id": "e15"}',
-        "invalid_value",
+        "invalid_type",
         "session.audio.input.turn_detection.threshold",
     ),
     (
@@ -819,7 +821,7 @@ BAD_GA: list[tuple[str, str, str | None]] = [
         "invalid_value",
         "session.max_output_tokens",
     ),
-    ('{"type": "session.update", "session": "x", "event_id": "e17"}', "invalid_value", "session"),
+    ('{"type": "session.update", "session": "x", "event_id": "e17"}', "invalid_type", "session"),
     (
         '{"type": "response.create", "response": {"modalities": ["text"]}, "event_id": "e18"}',
         "unknown_parameter",

@@ -24,9 +24,18 @@ from typing import Any
 
 from ..audio import Resampler, alaw_decode, b64decode_audio, ulaw_decode
 from ..protocol import events as ev
-from ..protocol.dialect import Dialect
-from ..protocol.errors import ProtocolError, invalid_value
-from ..protocol.session import GA_VOICES, SessionConfig, TurnDetection
+from ..protocol.dialect import PART_TO_PREVIEW, Dialect
+from ..protocol.errors import (
+    ProtocolError,
+    echo,
+    invalid_type,
+    invalid_value,
+    missing_parameter,
+    not_supported,
+    one_of,
+    unknown_parameter,
+)
+from ..protocol.session import GA_VOICES, SessionConfig, TurnDetection, read_ga_format
 from . import ids
 from .brains import DEFAULT_INSTRUCTIONS, Brain
 from .buffer import InputBuffer
@@ -286,51 +295,45 @@ class RealtimeSession:
         item = self.store.get(item_id)
         if item is None:
             raise ProtocolError(
-                f"Conversation item with id '{item_id}' does not exist.",
+                f"Conversation item with id '{echo(item_id)}' does not exist.",
                 code="invalid_value",
                 param="item_id",
             )
         return item
 
     # ------------------------------------------------------------------ session.update
-
-    def _param(self, ga: str, preview: str) -> str:
-        return ga if self.dialect is Dialect.GA else preview
+    #
+    # Refusals name GA parameters (``session.audio.output.voice``): the wire renames an error
+    # for a preview client (``session.voice``) by the one table, protocol/dialect.py's
+    # PREVIEW_PARAMS.
 
     def _session_update(self, update: SessionConfig) -> None:
-        if self.speech is None:
-            self._check_without_speech(update)
         if update.is_set("voice"):
             if update.voice not in GA_VOICES:
-                param = self._param("session.audio.output.voice", "session.voice")
-                raise invalid_value(
-                    param,
-                    f"Invalid value: '{update.voice}'. Supported values are: "
-                    + ", ".join(f"'{v}'" for v in GA_VOICES)
-                    + ".",
-                )
+                raise not_supported("session.audio.output.voice", update.voice, GA_VOICES)
             if update.voice != self.config.voice and any(
                 item.role == "assistant" and item.audio_bytes for item in self.store.items()
             ):
                 raise ProtocolError(
                     "Cannot update a conversation's voice if assistant audio is present.",
                     code="cannot_update_voice",
-                    param=self._param("session.audio.output.voice", "session.voice"),
+                    param="session.audio.output.voice",
                 )
         if update.is_set("max_output_tokens"):
-            _check_max_tokens(
-                update.max_output_tokens,
-                self._param("session.max_output_tokens", "session.max_response_output_tokens"),
-            )
+            _check_max_tokens(update.max_output_tokens, "session.max_output_tokens")
         if update.is_set("tools"):
             _check_tools(update.tools or [], "session.tools")
         if update.is_set("tool_choice"):
             _check_tool_choice(update.tool_choice, "session.tool_choice")
         if update.is_set("output_modalities") and not update.output_modalities:
             raise invalid_value(
-                self._param("session.output_modalities", "session.modalities"),
-                "Invalid value: output modalities must not be empty.",
+                "session.output_modalities",
+                "Invalid value for 'session.output_modalities': output modalities must not be "
+                "empty.",
             )
+        _check_open_fields(update)
+        if self.speech is None:  # what needs the speech models, once every field is valid
+            self._check_without_speech(update)
         new = self.config.merged(update)
         if update.is_set("turn_detection"):
             new.turn_detection = full_turn_detection(new.turn_detection)
@@ -350,7 +353,7 @@ class RealtimeSession:
                 "turns: set turn_detection to null and commit the input audio buffer yourself, "
                 "or run the engine with its speech stack.",
                 code=NO_SPEECH_CODE,
-                param=self._param("session.audio.input.turn_detection", "session.turn_detection"),
+                param="session.audio.input.turn_detection",
             )
         if update.is_set("transcription") and update.transcription is not None:
             raise ProtocolError(
@@ -358,9 +361,7 @@ class RealtimeSession:
                 "transcribe input audio: leave transcription off, or run the engine with its "
                 "speech stack.",
                 code=NO_SPEECH_CODE,
-                param=self._param(
-                    "session.audio.input.transcription", "session.input_audio_transcription"
-                ),
+                param="session.audio.input.transcription",
             )
 
     def _configure_input(self) -> None:
@@ -667,8 +668,9 @@ class RealtimeSession:
                 if part["type"] not in allowed:
                     raise invalid_value(
                         f"{where}.content[{i}].type",
-                        f"Invalid value: '{part['type']}'. A {data['role']} message's content "
-                        f"must be one of: " + ", ".join(f"'{t}'" for t in allowed) + ".",
+                        f"Invalid value for '{where}.content[{i}].type': "
+                        f"'{self._part_name(part['type'])}'. A {data['role']} message's content "
+                        f"must be one of: {one_of([self._part_name(t) for t in allowed])}.",
                     )
                 if part["type"] in ("input_audio", "output_audio"):
                     encoded = part.pop("audio", None)
@@ -688,6 +690,12 @@ class RealtimeSession:
             data["call_id"] = data.get("call_id") or ids.call_id()
         return StoredItem(data=data, input_audio=audio)
 
+    def _part_name(self, part_type: str) -> str:
+        """A content part type as this connection's client names it."""
+        if self.dialect is Dialect.PREVIEW:
+            return PART_TO_PREVIEW.get(part_type, part_type)
+        return part_type
+
     def _decode_item_audio(self, raw: bytes, param: str) -> bytes:
         fmt = self.config.input_format or "pcm16"
         if fmt == "pcm16":
@@ -703,11 +711,11 @@ class RealtimeSession:
         previous = event.previous_item_id
         if previous is not None and previous != "root" and previous not in self.store:
             raise invalid_value(
-                "previous_item_id", f"Previous item with id '{previous}' does not exist."
+                "previous_item_id", f"Previous item with id '{echo(previous)}' does not exist."
             )
         item = self._new_item(event.item, "item")
         if item.id in self.store:
-            raise invalid_value("item.id", f"Item with id '{item.id}' already exists.")
+            raise invalid_value("item.id", f"Item with id '{echo(item.id)}' already exists.")
         before = self.store.insert(item, previous)
         self.emit(
             {"type": "conversation.item.added", "previous_item_id": before, "item": item.wire()}
@@ -763,17 +771,17 @@ class RealtimeSession:
         context: list[StoredItem] | None = None
         if params is not None:
             if params.conversation not in (None, "auto", "none"):
-                raise invalid_value(
-                    "response.conversation",
-                    f"Invalid value: '{params.conversation}'. Supported values are: 'auto', 'none'.",
-                )
+                raise not_supported("response.conversation", params.conversation, ("auto", "none"))
             if params.max_output_tokens is not None:
                 _check_max_tokens(params.max_output_tokens, "response.max_output_tokens")
             if params.output_modalities is not None and not params.output_modalities:
                 raise invalid_value(
                     "response.output_modalities",
-                    "Invalid value: output modalities must not be empty.",
+                    "Invalid value for 'response.output_modalities': output modalities must not "
+                    "be empty.",
                 )
+            if params.metadata is not None:
+                _check_metadata(params.metadata, "response.metadata")
             if params.tools is not None:
                 _check_tools(params.tools, "response.tools")
             if params.tool_choice is not None:
@@ -814,7 +822,7 @@ class RealtimeSession:
             item = self.store.get(model.id or "")
             if item is None:
                 raise invalid_value(
-                    f"{where}.id", f"Conversation item with id '{model.id}' does not exist."
+                    f"{where}.id", f"Conversation item with id '{echo(model.id)}' does not exist."
                 )
             return item
         return self._new_item(model, where)
@@ -822,32 +830,19 @@ class RealtimeSession:
     def _check_response_audio(self, audio: dict[str, Any]) -> None:
         for key in audio:
             if key != "output":
-                raise ProtocolError(
-                    f"Unknown parameter: 'response.audio.{key}'.",
-                    code="unknown_parameter",
-                    param=f"response.audio.{key}",
-                )
-        out = audio.get("output") or {}
+                raise unknown_parameter(f"response.audio.{key}")
+        out = audio.get("output")
+        if out is None:
+            return
         if not isinstance(out, dict):
-            raise invalid_value(
-                "response.audio.output", "Invalid type for 'response.audio.output'."
-            )
+            raise invalid_type("response.audio.output", "an object", out)
         for key in out:
             if key not in ("format", "voice"):
-                raise ProtocolError(
-                    f"Unknown parameter: 'response.audio.output.{key}'.",
-                    code="unknown_parameter",
-                    param=f"response.audio.output.{key}",
-                )
+                raise unknown_parameter(f"response.audio.output.{key}")
         if "voice" in out and out["voice"] not in GA_VOICES:
-            raise invalid_value(
-                "response.audio.output.voice",
-                f"Invalid value: '{out['voice']}'. Supported values are: "
-                + ", ".join(f"'{v}'" for v in GA_VOICES)
-                + ".",
-            )
+            raise not_supported("response.audio.output.voice", out["voice"], GA_VOICES)
         if "format" in out:
-            SessionConfig.from_ga({"audio": {"output": {"format": out["format"]}}})
+            read_ga_format(out["format"], "response.audio.output.format")
 
     def _start_response(
         self, params: ev.ResponseParams | None, context: list[StoredItem] | None
@@ -915,53 +910,116 @@ def _has_transcript(item: StoredItem) -> bool:
 def _check_max_tokens(value: Any, param: str) -> None:
     if value == "inf":
         return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_type(param, "an integer or 'inf'", value)
+    if not 1 <= value <= MAX_OUTPUT_TOKENS:
         raise invalid_value(
             param,
             f"Invalid '{param}': integer below minimum value or above maximum value. Expected a "
-            f"value between 1 and {MAX_OUTPUT_TOKENS}, or 'inf', but got {value!r} instead.",
+            f"value between 1 and {MAX_OUTPUT_TOKENS}, or 'inf', but got {echo(value)} instead.",
         )
 
 
-def _check_tools(tools: list[dict[str, Any]], where: str) -> None:
+TOOL_TYPES = ("function", "mcp")
+"""Tool types a session or response may offer (MCP tools are accepted, never called here)."""
+
+
+def _check_tools(tools: list[Any], where: str) -> None:
     for i, tool in enumerate(tools):
+        at = f"{where}[{i}]"
         if not isinstance(tool, dict):
-            raise invalid_value(
-                f"{where}[{i}]", f"Invalid type for '{where}[{i}]': expected an object."
-            )
+            raise invalid_type(at, "an object", tool)
         kind = tool.get("type", "function")
+        if kind not in TOOL_TYPES or not isinstance(kind, str):
+            raise not_supported(f"{at}.type", kind, TOOL_TYPES)
         if kind != "function":
-            continue  # MCP and other tool types: accepted, never called here
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise ProtocolError(
-                f"Missing required parameter: '{where}[{i}].name'.",
-                code="missing_required_parameter",
-                param=f"{where}[{i}].name",
-            )
+            continue
         for key in tool:
             if key not in ("type", "name", "description", "parameters"):
-                raise ProtocolError(
-                    f"Unknown parameter: '{where}[{i}].{key}'.",
-                    code="unknown_parameter",
-                    param=f"{where}[{i}].{key}",
-                )
+                raise unknown_parameter(f"{at}.{key}")
+        if "name" not in tool:
+            raise missing_parameter(f"{at}.name")
+        name = tool["name"]
+        if not isinstance(name, str):
+            raise invalid_type(f"{at}.name", "a string", name)
+        if not name:
+            raise invalid_value(
+                f"{at}.name",
+                f"Invalid '{at}.name': empty string. Expected a string with minimum length 1, "
+                "but got an empty string instead.",
+            )
+        if "description" in tool and not isinstance(tool["description"], (str, type(None))):
+            raise invalid_type(f"{at}.description", "a string", tool["description"])
+        if "parameters" in tool and not isinstance(tool["parameters"], (dict, type(None))):
+            raise invalid_type(f"{at}.parameters", "an object", tool["parameters"])
 
 
 def _check_tool_choice(choice: Any, param: str) -> None:
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
-            raise invalid_value(
-                param,
-                f"Invalid value: '{choice}'. Supported values are: 'auto', 'none' and 'required'.",
-            )
+            raise not_supported(param, choice, ("auto", "none", "required"))
         return
-    if isinstance(choice, dict):
-        if choice.get("type") == "function" and isinstance(choice.get("name"), str):
-            return
-        if choice.get("type") == "mcp":
-            return
-    raise invalid_value(
-        param,
-        f"Invalid value for '{param}': expected 'auto', 'none', 'required' or "
-        "{'type': 'function', 'name': ...}.",
-    )
+    if not isinstance(choice, dict):
+        raise invalid_type(param, "a string or an object", choice)
+    kind = choice.get("type")
+    if "type" not in choice:
+        raise missing_parameter(f"{param}.type")
+    if kind == "mcp":
+        return
+    if kind != "function":
+        raise not_supported(f"{param}.type", kind, ("function", "mcp"))
+    for key in choice:
+        if key not in ("type", "name"):
+            raise unknown_parameter(f"{param}.{key}")
+    if "name" not in choice:
+        raise missing_parameter(f"{param}.name")
+    if not isinstance(choice["name"], str):
+        raise invalid_type(f"{param}.name", "a string", choice["name"])
+
+
+METADATA_KEYS = 16
+METADATA_VALUE_CHARS = 512
+
+
+def _check_metadata(metadata: dict[str, Any], param: str) -> None:
+    """``metadata``: at most 16 pairs of strings (values up to 512 characters), as the service."""
+    if len(metadata) > METADATA_KEYS:
+        raise invalid_value(
+            param,
+            f"Invalid '{param}': too many properties. Expected an object with at most "
+            f"{METADATA_KEYS} properties, but got an object with {len(metadata)} properties "
+            "instead.",
+        )
+    for key, value in metadata.items():
+        at = f"{param}.{echo(key, 64)}"
+        if not isinstance(value, str):
+            raise invalid_type(at, "a string", value)
+        if len(value) > METADATA_VALUE_CHARS:
+            raise invalid_value(
+                at,
+                f"Invalid '{at}': string too long. Expected a string with maximum length "
+                f"{METADATA_VALUE_CHARS}, but got a string with length {len(value)} instead.",
+            )
+
+
+def _check_open_fields(update: SessionConfig) -> None:
+    """The session fields the model types loosely (``tracing``, ``truncation``, ``prompt``):
+    of the JSON kinds the service takes."""
+    if update.is_set("tracing"):
+        tracing = update.tracing
+        if isinstance(tracing, str):
+            if tracing != "auto":
+                raise not_supported("session.tracing", tracing, ("auto",))
+        elif tracing is not None and not isinstance(tracing, dict):
+            raise invalid_type("session.tracing", "'auto' or an object", tracing)
+    if update.is_set("truncation"):
+        truncation = update.truncation
+        if isinstance(truncation, str):
+            if truncation not in ("auto", "disabled"):
+                raise not_supported("session.truncation", truncation, ("auto", "disabled"))
+        elif not isinstance(truncation, dict):
+            raise invalid_type("session.truncation", "'auto', 'disabled' or an object", truncation)
+    if update.is_set("prompt"):
+        prompt = update.prompt
+        if prompt is not None and not isinstance(prompt, dict):
+            raise invalid_type("session.prompt", "an object", prompt)

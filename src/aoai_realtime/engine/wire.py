@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.dialect import Dialect, ga_to_preview_server, preview_to_ga_client
-from ..protocol.errors import ProtocolError, missing_parameter, unknown_parameter
+from ..protocol.errors import ProtocolError, invalid_type, missing_parameter, unknown_parameter
 from ..protocol.events import ClientEvent, SessionUpdate, parse_client_event
 from ..protocol.frames import load_client_event
 from ..protocol.session import SessionConfig
@@ -41,36 +41,33 @@ class Wire:
     # ------------------------------------------------------------------ in
 
     def decode(self, raw: str | bytes) -> Decoded:
-        """Parse and validate one client frame; raises :class:`ProtocolError` like the service."""
+        """Parse and validate one client frame; raises :class:`ProtocolError` like the service,
+        carrying the frame's ``event_id`` once it parsed. Its ``param`` is in GA terms for every
+        event but a preview ``session.update`` (whose names are the preview's already):
+        :meth:`encode` renames an ``error`` for a preview client."""
         obj = load_client_event(raw)
         event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
-        if obj.get("type") == "session.update":
-            return self._session_update(obj, event_id)
-        if self.dialect is Dialect.PREVIEW:
-            try:
+        try:
+            if obj.get("type") == "session.update":
+                return self._session_update(obj, event_id)
+            if self.dialect is Dialect.PREVIEW:
                 obj = preview_to_ga_client(obj)
-            except ProtocolError as exc:
-                exc.event_id = event_id
-                raise
-        return Decoded(parse_client_event(obj))
+            return Decoded(parse_client_event(obj))
+        except ProtocolError as exc:
+            exc.event_id = event_id
+            raise
 
     def _session_update(self, obj: dict[str, Any], event_id: str | None) -> Decoded:
         for key in obj:
             if key not in ("type", "event_id", "session"):
                 raise unknown_parameter(key, event_id)
-        if not isinstance(event_id, (str, type(None))) or (
-            "event_id" in obj and not isinstance(obj["event_id"], str)
-        ):
-            raise ProtocolError("Invalid type for 'event_id': expected a string.", param="event_id")
-        session = obj.get("session")
-        if session is None:
+        if "event_id" in obj and not isinstance(obj["event_id"], str):
+            raise invalid_type("event_id", "a string", obj["event_id"])
+        if "session" not in obj:
             raise missing_parameter("session", event_id)
+        session = obj["session"]
         if not isinstance(session, dict):
-            raise ProtocolError(
-                "Invalid type for 'session': expected an object.",
-                param="session",
-                event_id=event_id,
-            )
+            raise invalid_type("session", "an object", session, event_id)
         try:
             if self.dialect is Dialect.GA:
                 if "type" not in session:

@@ -15,10 +15,11 @@ Events that need no change are passed through as the same object (no copy on the
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any, Literal
 
-from .errors import ProtocolError
-from .session import SessionConfig
+from .errors import ProtocolError, echo, invalid_type, missing_parameter, unknown_parameter
+from .session import SessionConfig, not_supported, preview_modalities
 
 
 class Dialect(str, enum.Enum):
@@ -46,7 +47,81 @@ _PREVIEW_TO_GA_TYPES = {k: v for k, v in PREVIEW_SERVER_NAMES.items() if k.start
 _GA_TO_PREVIEW_TYPES = {v: k for k, v in _PREVIEW_TO_GA_TYPES.items()}
 
 _PART_TO_GA = {"text": "output_text", "audio": "output_audio"}
-_PART_TO_PREVIEW = {"output_text": "text", "output_audio": "audio"}
+PART_TO_PREVIEW = {"output_text": "text", "output_audio": "audio"}
+"""GA content part types -> the preview's (the rest are the same)."""
+
+PREVIEW_PARAMS: dict[str, str] = {
+    "session.output_modalities": "session.modalities",
+    "session.max_output_tokens": "session.max_response_output_tokens",
+    "session.audio.input.format": "session.input_audio_format",
+    "session.audio.input.transcription": "session.input_audio_transcription",
+    "session.audio.input.turn_detection": "session.turn_detection",
+    "session.audio.input.noise_reduction": "session.input_audio_noise_reduction",
+    "session.audio.output.format": "session.output_audio_format",
+    "session.audio.output.voice": "session.voice",
+    "response.output_modalities": "response.modalities",
+    "response.max_output_tokens": "response.max_response_output_tokens",
+    "response.audio.output.format": "response.output_audio_format",
+    "response.audio.output.voice": "response.voice",
+}
+"""GA parameter names -> the preview's, for the parameters whose names differ: the one table an
+``error``'s ``param`` (and its message) is renamed by, either way. A name maps by its longest
+prefix in the table (``session.audio.input.turn_detection.threshold`` ->
+``session.turn_detection.threshold``); the parameters of a GA format object (``.type``,
+``.rate``) are the preview's format string itself (``session.input_audio_format``)."""
+
+_GA_PARAMS = {preview: ga for ga, preview in PREVIEW_PARAMS.items()}
+_FORMAT_PARAMS = {k for k in PREVIEW_PARAMS if k.endswith(".format")}
+_QUOTED_PARAM = re.compile(r"'((?:session|response)[.\[][^'\s]*)'")
+
+
+def _renamed_param(param: str, table: dict[str, str]) -> str:
+    for end in range(len(param), 0, -1):  # longest prefix on a field boundary
+        if end < len(param) and param[end] not in ".[":
+            continue
+        head = param[:end]
+        renamed = table.get(head)
+        if renamed is not None:
+            if table is PREVIEW_PARAMS and head in _FORMAT_PARAMS:
+                return renamed  # the preview's format is a string: no fields
+            return renamed + param[end:]
+    return param
+
+
+def param_to_preview(param: str) -> str:
+    """A GA parameter name as the preview's client spells it (unchanged if it is the same)."""
+    return _renamed_param(param, PREVIEW_PARAMS)
+
+
+def param_to_ga(param: str) -> str:
+    """A preview parameter name in the GA's terms (unchanged if it is the same)."""
+    return _renamed_param(param, _GA_PARAMS)
+
+
+def _renamed_error(error: dict[str, Any], rename: Any) -> dict[str, Any]:
+    param = error.get("param")
+    if not isinstance(param, str) or error.get("code") == "unknown_parameter":
+        return error  # an unknown parameter is named as the client wrote it, in any dialect
+    renamed = rename(param)
+    if renamed == param:
+        return error
+    message = error.get("message")
+    if isinstance(message, str):
+        message = _QUOTED_PARAM.sub(lambda m: f"'{rename(m.group(1))}'", message)
+    return {**error, "param": renamed, "message": message}
+
+
+def error_to_preview(error: dict[str, Any]) -> dict[str, Any]:
+    """An ``error`` object naming GA parameters, as a preview client knows them (its ``param``,
+    and the parameter names quoted in its ``message``). An ``unknown_parameter`` is left as it
+    is: it names the client's own key (a preview client's ``session.output_modalities`` is
+    unknown by that name), and the preview's own names map to themselves."""
+    return _renamed_error(error, param_to_preview)
+
+
+def error_to_ga(error: dict[str, Any]) -> dict[str, Any]:
+    """An ``error`` object from a preview endpoint, naming the GA's parameters."""
+    return _renamed_error(error, param_to_ga)
 
 
 # ---------------------------------------------------------------------------------- items
@@ -80,15 +155,15 @@ def item_to_ga(item: dict[str, Any]) -> dict[str, Any]:
 def item_to_preview(item: dict[str, Any]) -> dict[str, Any]:
     """GA item -> preview item."""
     content = item.get("content")
-    if not isinstance(content, list) or not _renamed_parts(content, _PART_TO_PREVIEW):
+    if not isinstance(content, list) or not _renamed_parts(content, PART_TO_PREVIEW):
         return item
     return {
         **item,
         "content": [
-            {**p, "type": _PART_TO_PREVIEW[p["type"]]}
+            {**p, "type": PART_TO_PREVIEW[p["type"]]}
             if isinstance(p, dict)
             and isinstance(p.get("type"), str)
-            and p["type"] in _PART_TO_PREVIEW
+            and p["type"] in PART_TO_PREVIEW
             else p
             for p in content
         ],
@@ -154,13 +229,39 @@ _PREVIEW_INPUT_TOKEN_DETAILS = ("cached_tokens", "text_tokens", "audio_tokens")
 ``cached_tokens_details``, which the preview protocol does not have)."""
 
 
+_PREVIEW_RESPONSE_FORMATS = ("pcm16", "g711_ulaw", "g711_alaw")
+_GA_ONLY_RESPONSE = ("output_modalities", "max_output_tokens", "audio")
+
+
 def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
-    """``response.create``'s ``response`` from preview to GA shape."""
-    out = response_to_ga(params)
+    """``response.create``'s ``response`` from preview to GA shape.
+
+    A client's parameters: the GA's own names are refused (the preview does not know them),
+    and a value that cannot be translated is refused naming the preview's parameter, or
+    passed on as it is for the GA validation to refuse (its name is renamed back).
+    """
+    for key in _GA_ONLY_RESPONSE:
+        if key in params:
+            raise unknown_parameter(f"response.{key}")
+    out = dict(params)
+    if "modalities" in out:
+        mods = out.pop("modalities")
+        out["output_modalities"] = preview_modalities(mods, "response")
+    aout: dict[str, Any] = {}
+    if "output_audio_format" in out:
+        fmt = out.pop("output_audio_format")
+        if not isinstance(fmt, str) or fmt not in _PREVIEW_RESPONSE_FORMATS:
+            raise not_supported("response.output_audio_format", fmt, _PREVIEW_RESPONSE_FORMATS)
+        config = SessionConfig.model_validate({"output_format": fmt})
+        aout["format"] = config.to_ga()["audio"]["output"]["format"]
+    if "voice" in out:
+        aout["voice"] = out.pop("voice")
+    if aout:
+        out["audio"] = {"output": aout}
+    if "max_response_output_tokens" in out:
+        out["max_output_tokens"] = out.pop("max_response_output_tokens")
     if isinstance(out.get("input"), list):
         out["input"] = [item_to_ga(i) if isinstance(i, dict) else i for i in out["input"]]
-    if "temperature" in params:
-        out["temperature"] = params["temperature"]
     return out
 
 
@@ -211,6 +312,9 @@ def preview_to_ga_server(event: dict[str, Any]) -> list[dict[str, Any]]:
         "conversation.item.retrieved",
     ):
         return [{**event, "item": item_to_ga(event.get("item") or {})}]
+    if kind == "error" and isinstance(event.get("error"), dict):
+        error = error_to_ga(event["error"])
+        return [event if error is event["error"] else {**event, "error": error}]
     return [event]
 
 
@@ -246,6 +350,9 @@ def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[d
         "conversation.item.retrieved",
     ):
         return [{**event, "item": item_to_preview(event.get("item") or {})}]
+    if kind == "error" and isinstance(event.get("error"), dict):
+        error = error_to_preview(event["error"])
+        return [event if error is event["error"] else {**event, "error": error}]
     return [event]
 
 
@@ -278,33 +385,35 @@ def preview_to_ga_client(event: dict[str, Any]) -> dict[str, Any]:
     kind = event.get("type", "")
     if kind == "session.update":
         session = event.get("session")
+        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        if "session" not in event:
+            raise missing_parameter("session", event_id)
         if not isinstance(session, dict):
-            raise ProtocolError(
-                "Missing required parameter: 'session'.",
-                code="missing_required_parameter",
-                param="session",
-                event_id=event.get("event_id"),
-            )
+            raise invalid_type("session", "an object", session, event_id)
         try:
             cfg = SessionConfig.from_preview(session, strict=True)
         except ProtocolError as exc:
-            exc.event_id = event.get("event_id")
+            exc.event_id = event_id
             raise
         ga = cfg.to_ga()
         if "temperature" in session:
             ga["temperature"] = session["temperature"]
         return {**event, "session": ga}
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
     try:
         if kind == "conversation.item.create" and isinstance(event.get("item"), dict):
             return {**event, "item": item_to_ga(event["item"])}
         if kind == "response.create" and isinstance(event.get("response"), dict):
             return {**event, "response": response_params_to_ga(event["response"])}
+    except ProtocolError as exc:
+        exc.event_id = event_id
+        raise
     except (TypeError, AttributeError, ValueError) as exc:  # a field of the wrong shape
         where = "item" if kind == "conversation.item.create" else "response"
         raise ProtocolError(
-            f"Invalid value in '{where}': {str(exc)[:200]}.",
+            f"Invalid value in '{where}': {echo(str(exc), 200)}.",
             code="invalid_value",
             param=where,
-            event_id=event.get("event_id") if isinstance(event.get("event_id"), str) else None,
+            event_id=event_id,
         ) from None
     return event

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .errors import ProtocolError, invalid_value, missing_parameter, unknown_parameter
+from .errors import ProtocolError, echo, from_validation, missing_parameter, unknown_parameter
 
 ItemStatus = Literal["completed", "incomplete", "in_progress"]
 
@@ -648,44 +648,23 @@ CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
 }
 
 
-def _param_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        elif isinstance(p, str) and (p in ("function-after", "function-before") or "[" in p):
-            continue  # pydantic's tagged-union step names, not fields
-        elif parts:
-            parts.append(f".{p}")
-        else:
-            parts.append(str(p))
-    return "".join(parts)
+_CLIENT_MODELS: dict[str, Any] = {}  # by class name: what a ValidationError's title names
 
 
-def validation_to_protocol_error(exc: ValidationError, event_id: str | None) -> ProtocolError:
-    """Turn pydantic's first complaint into the service's wording, naming the parameter."""
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-    param = _param_path(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return unknown_parameter(param, event_id)
-    if kind == "missing":
-        return missing_parameter(param, event_id)
-    return invalid_value(param, f"Invalid value for '{param}': {err['msg']}.", event_id)
+def validation_to_protocol_error(
+    exc: ValidationError, event_id: str | None, model: Any = None
+) -> ProtocolError:
+    """Turn pydantic's first complaint into the service's wording, naming the parameter as a
+    field path (``response.input[0].content[0].text``, no union tags).
 
-
-_UNION_TAGS = {
-    "message",
-    "function_call",
-    "function_call_output",
-    "input_text",
-    "input_audio",
-    "input_image",
-    "output_text",
-    "output_audio",
-    "item_reference",
-}
+    ``model`` is what was validated; by default the client model the error's title names.
+    """
+    if model is None:
+        if not _CLIENT_MODELS:
+            models: list[type[BaseModel]] = [*CLIENT_EVENTS.values(), ResponseParams]
+            _CLIENT_MODELS.update({cls.__name__: cls for cls in models})
+        model = _CLIENT_MODELS.get(exc.title, Any)
+    return from_validation(exc, model, event_id=event_id)
 
 
 def parse_client_event(data: str | bytes | dict[str, Any]) -> ClientEvent:
@@ -701,7 +680,7 @@ def parse_client_event(data: str | bytes | dict[str, Any]) -> ClientEvent:
     cls = CLIENT_EVENTS.get(kind)
     if cls is None:
         raise ProtocolError(
-            f"Invalid value: '{kind}'. Supported values are: "
+            f"Invalid value: '{echo(kind)}'. Supported values are: "
             + ", ".join(f"'{t}'" for t in CLIENT_EVENTS)
             + ".",
             code="invalid_value",
@@ -709,9 +688,10 @@ def parse_client_event(data: str | bytes | dict[str, Any]) -> ClientEvent:
             event_id=event_id,
         )
     try:
-        event = cls.model_validate(obj)
+        # strict: a client's value is never converted (true is not 1, "1" is not a number)
+        event = cls.model_validate(obj, strict=True)
     except ValidationError as exc:
-        raise validation_to_protocol_error(exc, event_id) from None
+        raise validation_to_protocol_error(exc, event_id, cls) from None
     if isinstance(event, ConversationItemCreate):
         check_item_fields(obj["item"], "item", event_id)
     elif isinstance(event, ResponseCreate) and event.response and event.response.input:

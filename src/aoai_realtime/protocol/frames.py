@@ -3,10 +3,11 @@
 The local engine and the middle tier both read clients' frames with :func:`load_client_event`,
 so both refuse the same frames the same way, as the service does (an ``error`` naming the code,
 the session going on): text that is not UTF-8 JSON, JSON that is not an object with a string
-``type``, and JSON nested deeper than :data:`MAX_DEPTH` (which would otherwise exhaust Python's
-recursion and take the connection down). Duplicate keys resolve as JSON parsers do (the last
-wins), and the caller decides on the parsed value, never on the text: a frame cannot look like
-one event to us and be another upstream.
+``type``, an ``event_id`` longer than :data:`MAX_EVENT_ID`, and JSON nested deeper than
+:data:`MAX_DEPTH` (which would otherwise exhaust Python's recursion and take the connection
+down). Duplicate keys resolve as JSON parsers do (the last wins), and the caller decides on the
+parsed value, never on the text: a frame cannot look like one event to us and be another
+upstream.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import ProtocolError, missing_parameter
+from .errors import ProtocolError, invalid_type, missing_parameter
 
-__all__ = ["MAX_DEPTH", "is_plain", "load_client_event"]
+__all__ = ["MAX_DEPTH", "MAX_EVENT_ID", "is_plain", "load_client_event"]
 
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays a client event may have (real events need about 8)."""
+
+MAX_EVENT_ID = 512
+"""Longest ``event_id`` a client may give (the GA schema's ``maxLength``): every error about
+the event carries it back."""
 
 
 def _too_deep(text: str) -> bool:
@@ -87,15 +92,18 @@ def load_client_event(raw: str | bytes) -> dict[str, Any]:
         raise ProtocolError(
             "An event must be a JSON object with a 'type'.", code="invalid_event", param=None
         )
-    if "type" not in obj:
-        raise missing_parameter("type", _event_id(obj))
-    if not isinstance(obj["type"], str):
+    event_id = _event_id(obj)
+    if event_id is not None and len(event_id) > MAX_EVENT_ID:
         raise ProtocolError(
-            "Invalid type for 'type': expected a string.",
-            code="invalid_type",
-            param="type",
-            event_id=_event_id(obj),
+            f"Invalid 'event_id': string too long. Expected a string with maximum length "
+            f"{MAX_EVENT_ID}, but got a string with length {len(event_id)} instead.",
+            code="string_above_max_length",
+            param="event_id",
         )
+    if "type" not in obj:
+        raise missing_parameter("type", event_id)
+    if not isinstance(obj["type"], str):
+        raise invalid_type("type", "a string", obj["type"], event_id)
     return obj
 
 

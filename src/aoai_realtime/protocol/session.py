@@ -14,7 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ProtocolError, invalid_value, unknown_parameter
+from .errors import (
+    ProtocolError,
+    from_validation,
+    invalid_type,
+    invalid_value,
+    missing_parameter,
+    not_supported,
+    render_path,
+    unknown_parameter,
+)
 
 AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
@@ -182,11 +191,11 @@ class SessionConfig(BaseModel):
         audio = session.get("audio")
         if audio is not None:
             if not isinstance(audio, dict):
-                raise invalid_value("session.audio", "Invalid type for 'session.audio'.")
+                raise invalid_type("session.audio", "an object", audio)
             if strict:
                 _check_keys(audio, {"input", "output"}, "session.audio")
-            ain = audio.get("input") or {}
-            aout = audio.get("output") or {}
+            ain = _object(audio.get("input"), "session.audio.input")
+            aout = _object(audio.get("output"), "session.audio.output")
             if strict:
                 _check_keys(
                     ain,
@@ -195,19 +204,21 @@ class SessionConfig(BaseModel):
                 )
                 _check_keys(aout, {"format", "voice", "speed"}, "session.audio.output")
             if "format" in ain:
-                data["input_format"] = _read_ga_format(ain["format"], "session.audio.input.format")
+                data["input_format"] = read_ga_format(
+                    ain["format"], "session.audio.input.format", strict=strict
+                )
             for name in ("transcription", "turn_detection", "noise_reduction"):
                 if name in ain:
                     data[name] = ain[name]
             if "format" in aout:
-                data["output_format"] = _read_ga_format(
-                    aout["format"], "session.audio.output.format"
+                data["output_format"] = read_ga_format(
+                    aout["format"], "session.audio.output.format", strict=strict
                 )
             if "voice" in aout:
                 data["voice"] = aout["voice"]
             if "speed" in aout:
                 data["speed"] = aout["speed"]
-        return _validate(data, "session", _GA_PATHS)
+        return _validate(data, strict=strict)
 
     # ------------------------------------------------------------------ preview shape
 
@@ -259,13 +270,7 @@ class SessionConfig(BaseModel):
             if name in session:
                 data[name] = session[name]
         if "modalities" in session:
-            mods = session["modalities"]
-            if not isinstance(mods, list) or not all(m in ("text", "audio") for m in mods):
-                raise invalid_value(
-                    "session.modalities",
-                    "Invalid value for 'session.modalities': expected a list of 'text'/'audio'.",
-                )
-            data["output_modalities"] = ["audio"] if "audio" in mods else ["text"]
+            data["output_modalities"] = preview_modalities(session["modalities"], "session")
         if "input_audio_format" in session:
             data["input_format"] = session["input_audio_format"]
         if "output_audio_format" in session:
@@ -280,7 +285,15 @@ class SessionConfig(BaseModel):
             data["noise_reduction"] = session["input_audio_noise_reduction"]
         if "max_response_output_tokens" in session:
             data["max_output_tokens"] = session["max_response_output_tokens"]
-        return _validate(data, "session", _PREVIEW_PATHS)
+        try:
+            return _validate(data, strict=strict)
+        except ProtocolError as exc:  # named in GA terms: rename for the preview's client
+            from .dialect import error_to_preview
+
+            error = error_to_preview(exc.to_error())
+            exc.param, exc.message = error["param"], error["message"]
+            exc.args = (exc.message,)
+            raise
 
 
 _GA_TOP = {
@@ -318,7 +331,8 @@ _PREVIEW_TOP = {
     "id",
     "expires_at",
 }
-# Where each SessionConfig field lives on the wire, to name the parameter in errors.
+# Where each SessionConfig field lives on the GA wire, to name the parameter in errors (the
+# preview's names are GA's renamed by protocol/dialect.py's PREVIEW_PARAMS).
 _GA_PATHS = {
     "input_format": "session.audio.input.format",
     "output_format": "session.audio.output.format",
@@ -328,48 +342,78 @@ _GA_PATHS = {
     "voice": "session.audio.output.voice",
     "speed": "session.audio.output.speed",
 }
-_PREVIEW_PATHS = {
-    "input_format": "session.input_audio_format",
-    "output_format": "session.output_audio_format",
-    "transcription": "session.input_audio_transcription",
-    "noise_reduction": "session.input_audio_noise_reduction",
-    "max_output_tokens": "session.max_response_output_tokens",
-    "output_modalities": "session.modalities",
-}
+_GA_FORMAT_NAMES = tuple(_FROM_GA_FORMAT)
+
+
+def preview_modalities(mods: Any, where: str) -> list[Any]:
+    """A preview ``modalities`` list as GA ``output_modalities`` (``["text", "audio"]`` is
+    ``["audio"]``); refused, naming ``{where}.modalities``, when it is not a list of
+    ``"text"``/``"audio"``."""
+    param = f"{where}.modalities"
+    if not isinstance(mods, list):
+        raise invalid_type(param, "an array", mods)
+    for i, mod in enumerate(mods):
+        if mod not in ("text", "audio") or not isinstance(mod, str):
+            raise not_supported(f"{param}[{i}]", mod, ("text", "audio"))
+    if not mods:
+        return []  # refused by whoever requires one (the engine), in its own words
+    return ["audio"] if "audio" in mods else ["text"]
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """An optional object field: absent or ``null`` is empty; anything but an object is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_type(where, "an object", value)
+    return value
 
 
 def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
     if not isinstance(obj, dict):
-        raise invalid_value(where, f"Invalid type for '{where}': expected an object.")
+        raise invalid_type(where, "an object", obj)
     for key in obj:
         if key not in allowed:
             raise unknown_parameter(f"{where}.{key}")
 
 
-def _read_ga_format(fmt: Any, where: str) -> str:
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if isinstance(kind, str) and kind in _FROM_GA_FORMAT:
-        if fmt.get("type") == "audio/pcm" and fmt.get("rate", 24000) != 24000:
-            raise invalid_value(f"{where}.rate", f"Invalid value for '{where}.rate': only 24000.")
-        return _FROM_GA_FORMAT[fmt["type"]]
-    raise invalid_value(
-        f"{where}.type" if isinstance(fmt, dict) else where,
-        f"Invalid value for '{where}': expected one of "
-        "{'type': 'audio/pcm', 'rate': 24000}, {'type': 'audio/pcmu'}, {'type': 'audio/pcma'}.",
-    )
+def read_ga_format(fmt: Any, where: str, *, strict: bool = True) -> str:
+    """A GA audio format object (``{"type": "audio/pcm", "rate": 24000}``) as the preview's
+    format name; refused naming ``where`` (``session.audio.input.format``) and its fields.
+    ``strict`` also refuses fields the format does not have."""
+    if not isinstance(fmt, dict):
+        raise invalid_type(where, "an object", fmt)
+    if "type" not in fmt:
+        raise missing_parameter(f"{where}.type")
+    kind = fmt["type"]
+    if not isinstance(kind, str) or kind not in _FROM_GA_FORMAT:
+        raise not_supported(f"{where}.type", kind, _GA_FORMAT_NAMES)
+    if strict:
+        _check_keys(fmt, {"type", "rate"} if kind == "audio/pcm" else {"type"}, where)
+    if kind == "audio/pcm" and "rate" in fmt:
+        rate = fmt["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise invalid_type(f"{where}.rate", "an integer", rate)
+        if rate != 24000:
+            raise invalid_value(
+                f"{where}.rate",
+                f"Invalid value for '{where}.rate': {rate!r}. Supported values are: 24000.",
+            )
+    return _FROM_GA_FORMAT[kind]
 
 
-def _validate(data: dict[str, Any], root: str, paths: dict[str, str]) -> SessionConfig:
+def _session_param(path: list[str | int]) -> str:
+    """A SessionConfig field path as the GA parameter (``session.audio.input.turn_detection``)."""
+    if not path:
+        return "session"
+    head = str(path[0])
+    return render_path([_GA_PATHS.get(head, f"session.{head}"), *path[1:]])
+
+
+def _validate(data: dict[str, Any], *, strict: bool) -> SessionConfig:
+    """``strict`` (a client's session): no value is converted (``true`` is not ``1``, ``"1"``
+    is not a number; an integer is a number); refusals name the GA parameter."""
     try:
-        return SessionConfig.model_validate(data)
+        return SessionConfig.model_validate(data, strict=strict)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        field = loc[0] if loc else ""
-        base = paths.get(field, f"{root}.{field}")
-        param = ".".join([base, *loc[1:]]) if loc else root
-        if err["type"] == "extra_forbidden":
-            raise unknown_parameter(param) from None
-        raise ProtocolError(
-            f"Invalid value for '{param}': {err['msg']}.", code="invalid_value", param=param
-        ) from None
+        raise from_validation(exc, SessionConfig, name=_session_param) from None
