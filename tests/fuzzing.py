@@ -102,7 +102,11 @@ PREVIEW_VAD: dict[str, Any] = {
     "tool_choice": {"type": "function", "name": "f"},
 }
 USER = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}
-SPOKEN = {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]}
+SPOKEN = {
+    "type": "message",
+    "role": "user",
+    "content": [{"type": "input_audio", "audio": "AAAAAA=="}],
+}
 CALL = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
 OUTPUT = {"type": "function_call_output", "call_id": "c1", "output": "42"}
 SYSTEM = {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Hi"}]}
@@ -161,7 +165,7 @@ def seeds(dialect: str) -> list[dict[str, Any]]:
         {"type": "conversation.item.create", "item": _assistant(dialect)},
         {"type": "response.create", "response": GA_RESPONSE if ga else PREVIEW_RESPONSE},
         {"type": "response.create", "response": GA_OUT_OF_BAND if ga else PREVIEW_OUT_OF_BAND},
-        {"type": "input_audio_buffer.append", "audio": "AAAA"},
+        {"type": "input_audio_buffer.append", "audio": "AAAAAA=="},
         {"type": "input_audio_buffer.commit"},
         {"type": "input_audio_buffer.clear"},
         {
