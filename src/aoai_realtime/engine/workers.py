@@ -45,6 +45,7 @@ class FairExecutor(Executor):
         self._queues: OrderedDict[object, deque[tuple[Future[Any], Callable[[], Any]]]] = (
             OrderedDict()
         )
+        self._running: tuple[object, deque[tuple[Future[Any], Callable[[], Any]]]] | None = None
         self._shutdown = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -57,10 +58,18 @@ class FairExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             queue = self._queues.get(owner)
             if queue is None:
-                queue = self._queues[owner] = deque()
+                if self._running is not None and self._running[0] == owner:
+                    queue = self._running[1]  # its turn comes again after the others'
+                else:
+                    queue = self._queues[owner] = deque()
             queue.append((future, lambda: fn(*args, **kwargs)))
             self._ready.notify()
         return future
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a job waits for the thread."""
+        return bool(self._queues)
 
     def _work(self) -> None:
         while True:
@@ -71,15 +80,19 @@ class FairExecutor(Executor):
                     return
                 owner, queue = self._queues.popitem(last=False)
                 future, job = queue.popleft()
-                if queue:
-                    self._queues[owner] = queue  # its next job waits for the others' turn
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(job())
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
-                future.set_exception(exc)
+                # While its job runs the owner is out of the rotation: an owner that asks
+                # meanwhile is served before its next job.
+                self._running = (owner, queue)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                    future.set_exception(exc)
             del future, job  # hold nothing of a finished job while waiting for the next
+            with self._ready:
+                self._running = None
+                if queue:
+                    self._queues[owner] = queue
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._ready:
@@ -227,7 +240,8 @@ async def _stream_in(
 ) -> AsyncIterator[T]:
     """Run an iterator in ``pool``'s thread and yield its items on the loop as they come.
 
-    With ``max_ahead`` the thread waits while that many items are unread (backpressure).
+    With ``max_ahead`` the thread waits while that many items are unread (backpressure), unless
+    another job waits for ``pool`` (a :class:`FairExecutor`): then it finishes at full speed.
     Closing the async iterator (or cancelling its consumer) stops the thread at its next item.
     """
     loop = asyncio.get_running_loop()
@@ -248,11 +262,14 @@ async def _stream_in(
         try:
             it = make()
             try:
+                throttle = room is not None
                 for item in it:
-                    if room is not None:
-                        while not room.acquire(timeout=0.5):
-                            if stop.is_set():
-                                break
+                    while throttle and room is not None and not room.acquire(timeout=0.05):
+                        if stop.is_set():
+                            break
+                        if getattr(pool, "waiting", False):
+                            # another session waits for this thread: finish without pausing
+                            throttle = False
                     if stop.is_set():
                         break
                     put(item)

