@@ -487,7 +487,7 @@ class Connection:
         self.queue.put_nowait(_Out(event, frames, size))
 
     async def run(self) -> None:
-        model_owner(self)  # this session's model work queues apart from the others'
+        model_owner(self.session.session_id)  # its model work queues apart from others'
         writer = asyncio.create_task(self._write(), name="engine writer")
         expiry = asyncio.create_task(self._expire(), name="engine expiry")
         self.session.start()

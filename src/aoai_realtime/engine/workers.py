@@ -14,8 +14,10 @@ several engines in one process (tests, the middle tier) share the same queues.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -49,6 +51,7 @@ class FairExecutor(Executor):
         self._shutdown = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -93,18 +96,34 @@ class FairExecutor(Executor):
                 self._running = None
                 if queue:
                     self._queues[owner] = queue
+            del owner, queue
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._ready:
             self._shutdown = True
             if cancel_futures:
-                for queue in self._queues.values():
+                queues = list(self._queues.values())
+                if self._running is not None:
+                    queues.append(self._running[1])
+                for queue in queues:
                     for future, _ in queue:
                         future.cancel()
+                    queue.clear()
                 self._queues.clear()
             self._ready.notify_all()
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
+
+
+_LIVE: weakref.WeakSet[FairExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """At exit, as for a ``ThreadPoolExecutor``: queued jobs are dropped, a running one ends,
+    so no model call is cut off while the interpreter is torn down."""
+    for pool in list(_LIVE):
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _REGISTRY: dict[int, SharedSpeech] = {}
