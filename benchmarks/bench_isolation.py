@@ -6,7 +6,7 @@ hostile clients, each measured as what another session feels.
 
 Each target runs as its own process on 127.0.0.1 with the full offline speech stack, as a user
 starts it (``aoai-realtime engine``, ``aoai-realtime serve``); this process is the clients.
-Every phase has a **victim**: one more session that, every 100 ms, sends
+Every phase has a **victim**: one more session that, every 20 ms, sends
 ``input_audio_buffer.clear`` and times its ``input_audio_buffer.cleared`` (a round trip through
 the session's event loop and, behind ``serve``, the relay). Its p50/p99 are reported against
 the same round trip measured alone at the start of the run (the baseline), so a stall anywhere
@@ -223,7 +223,7 @@ class Session:
 
 
 async def measure_victim(
-    victim: Session, during: Callable[[], Awaitable[Any]], period: float = 0.1
+    victim: Session, during: Callable[[], Awaitable[Any]], period: float = 0.02
 ) -> tuple[list[float], Any]:
     """The victim's round trips every ``period`` while ``during()`` runs; its result."""
     samples: list[float] = []

@@ -235,9 +235,7 @@ class TurnDetector:
     def _start_state(self) -> None:
         self._carry = b""  # an odd trailing byte, waiting for its partner
         self._input_samples = 0  # 24 kHz samples received since the last reset
-        self._resampler = soxr.ResampleStream(
-            INPUT_RATE, self._rate, 1, dtype="float32", quality="HQ"
-        )
+        self._resampler: Any = None  # made by the first feed: a session may never send audio
         self._pending = np.zeros(0, dtype=np.float32)  # resampled, not yet a whole frame
         self._frames = 0  # frames judged since the last reset
         self._speaking = False
@@ -303,6 +301,10 @@ class TurnDetector:
                 return []
             samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
             self._input_samples += samples.shape[0]
+            if self._resampler is None:
+                self._resampler = soxr.ResampleStream(
+                    INPUT_RATE, self._rate, 1, dtype="float32", quality="HQ"
+                )
             out = np.asarray(self._resampler.resample_chunk(samples), dtype=np.float32)
             if out.shape[0]:
                 self._pending = np.concatenate([self._pending, out.reshape(-1)])
