@@ -341,6 +341,20 @@ async def test_long_values_come_back_cut() -> None:
         await rt.wait_for("input_audio_buffer.cleared")
 
 
+async def test_nan_and_infinity_are_not_json() -> None:
+    """Python's parser takes them; echoed back (a tool's schema in ``session.updated``), they
+    would make the engine's own events invalid JSON for the client."""
+    async with memory_engine() as engine, open_memory(engine) as rt:
+        for constant in ("NaN", "Infinity", "-Infinity"):
+            await rt.send_raw(
+                '{"type": "session.update", "session": {"type": "realtime", "tools": [{"type": '
+                f'"function", "name": "f", "parameters": {{"default": {constant}}}}}]}}}}'
+            )
+            error = await rt.error()
+            assert error["code"] == "invalid_json" and constant in error["message"], error
+        await rt.update(instructions="Still here.")
+
+
 # ------------------------------------------------------------------------------ names and ids
 
 

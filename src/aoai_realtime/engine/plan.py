@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import ResponseParams
-from ..protocol.session import SessionConfig
+from ..protocol.session import SessionConfig, read_ga_format
 from .brains import BrainRequest, HistoryItem
 
 if TYPE_CHECKING:
@@ -53,14 +53,9 @@ def plan_response(
     """Merge a session's configuration and a ``response.create``'s overrides."""
     p = params or ResponseParams()
     audio_out = ((p.audio or {}).get("output") or {}) if isinstance(p.audio, dict) else {}
-    fmt = config.output_format or "pcm16"
-    if "format" in audio_out:
-        fmt = (
-            SessionConfig.from_ga(
-                {"audio": {"output": {"format": audio_out["format"]}}}
-            ).output_format
-            or fmt
-        )
+    fmt: str = config.output_format or "pcm16"
+    if "format" in audio_out:  # validated by the session already
+        fmt = read_ga_format(audio_out["format"], "response.audio.output.format")
     mot = p.max_output_tokens if p.max_output_tokens is not None else config.max_output_tokens
     instructions = p.instructions if p.instructions is not None else config.instructions
     return ResponsePlan(

@@ -2,12 +2,12 @@
 
 The local engine and the middle tier both read clients' frames with :func:`load_client_event`,
 so both refuse the same frames the same way, as the service does (an ``error`` naming the code,
-the session going on): text that is not UTF-8 JSON, JSON that is not an object with a string
-``type``, an ``event_id`` longer than :data:`MAX_EVENT_ID`, and JSON nested deeper than
-:data:`MAX_DEPTH` (which would otherwise exhaust Python's recursion and take the connection
-down). Duplicate keys resolve as JSON parsers do (the last wins), and the caller decides on the
-parsed value, never on the text: a frame cannot look like one event to us and be another
-upstream.
+the session going on): text that is not UTF-8 JSON (``NaN`` and ``Infinity`` are not JSON),
+JSON that is not an object with a string ``type``, an ``event_id`` longer than
+:data:`MAX_EVENT_ID`, and JSON nested deeper than :data:`MAX_DEPTH` (which would otherwise
+exhaust Python's recursion and take the connection down). Duplicate keys resolve as JSON
+parsers do (the last wins), and the caller decides on the parsed value, never on the text: a
+frame cannot look like one event to us and be another upstream.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+def _not_json(name: str) -> Any:
+    """``NaN``, ``Infinity``, ``-Infinity``: Python's parser takes them, JSON has no such values
+    (echoed back, they would make the engine's own events invalid JSON)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _event_id(obj: dict[str, Any]) -> str | None:
     value = obj.get("event_id")
     return value if isinstance(value, str) else None
@@ -68,7 +74,7 @@ def load_client_event(raw: str | bytes) -> dict[str, Any]:
                 "The message is not valid UTF-8 JSON.", code="invalid_json", param=None
             ) from None
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         obj = None  # deeper than the parser goes: refused below as too deep
     except ValueError as exc:
