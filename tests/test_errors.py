@@ -304,6 +304,22 @@ def test_what_the_sdk_reads_and_builds_stays_lenient() -> None:
     assert isinstance(done, ev.ResponseDone)
 
 
+@pytest.mark.parametrize("dialect", ["ga", "preview"])
+async def test_the_engines_own_session_is_accepted_back(dialect: str) -> None:
+    """A client that sends back the session it was given (a resume does) is not refused: every
+    value the engine renders passes the strict validation."""
+    async with memory_engine() as engine, open_memory(engine, dialect) as rt:
+        created = rt.of_type("session.created")[0]["session"]
+        await rt.send({"type": "session.update", "session": created, "event_id": "evt_back"})
+        updated = await rt.wait_for("session.updated")
+        assert not rt.of_type("error"), rt.of_type("error")
+        await rt.send({"type": "session.update", "session": updated["session"]})
+        await rt.wait_for("session.updated")
+        if dialect == "ga":  # the loosely typed fields take null
+            await rt.update(tracing=None, truncation=None, prompt=None)
+        assert not rt.of_type("error"), rt.of_type("error")
+
+
 # ------------------------------------------------------------------------------ bounded echoes
 
 

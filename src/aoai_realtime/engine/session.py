@@ -1017,7 +1017,7 @@ def _check_open_fields(update: SessionConfig) -> None:
         if isinstance(truncation, str):
             if truncation not in ("auto", "disabled"):
                 raise not_supported("session.truncation", truncation, ("auto", "disabled"))
-        elif not isinstance(truncation, dict):
+        elif truncation is not None and not isinstance(truncation, dict):
             raise invalid_type("session.truncation", "'auto', 'disabled' or an object", truncation)
     if update.is_set("prompt"):
         prompt = update.prompt

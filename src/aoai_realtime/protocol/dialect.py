@@ -18,8 +18,15 @@ import enum
 import re
 from typing import Any, Literal
 
-from .errors import ProtocolError, echo, invalid_type, missing_parameter, unknown_parameter
-from .session import SessionConfig, not_supported, preview_modalities
+from .errors import (
+    ProtocolError,
+    echo,
+    invalid_type,
+    missing_parameter,
+    not_supported,
+    unknown_parameter,
+)
+from .session import SessionConfig, preview_modalities
 
 
 class Dialect(str, enum.Enum):
