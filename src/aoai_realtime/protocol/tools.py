@@ -105,10 +105,10 @@ class ToolTurn:
         """Whether ``call_id`` is a call this turn ran (e.g. to hide its output from a page)."""
         return call_id is not None and call_id in self._seen
 
-    def owns(self, call_id: str | None) -> bool:
+    def owns(self, call_id: object) -> bool:
         """Whether ``call_id`` is a call of one of our tools, announced or run: its output is
-        ours to give (a middle tier refuses a page's output for it)."""
-        return call_id is not None and (call_id in self._seen or call_id in self._announced)
+        ours to give (a middle tier refuses a page's output for it). Not a string: never."""
+        return isinstance(call_id, str) and (call_id in self._seen or call_id in self._announced)
 
     def expects_follow_up(self, response_id: str) -> bool:
         """After that response's ``response.done``: whether a follow-up response will come."""

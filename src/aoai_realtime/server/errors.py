@@ -69,11 +69,15 @@ def error_event(
     *,
     error_type: str = "invalid_request_error",
     param: str | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
-    """An ``error`` server event made by the middle tier (its ``event_id`` starts ``relay_``)."""
+    """An ``error`` server event made by the middle tier (its ``event_id`` starts ``relay_``);
+    ``event_id``: the client event it answers."""
     error: dict[str, Any] = {"type": error_type, "code": code, "message": message}
     if param is not None:
         error["param"] = param
+    if event_id is not None:
+        error["event_id"] = event_id
     return {"type": "error", "event_id": f"relay_{uuid.uuid4().hex[:20]}", "error": error}
 
 

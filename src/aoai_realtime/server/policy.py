@@ -133,9 +133,11 @@ class Policy:
         return "\n\n".join(p for p in parts if p)
 
     def _add_operator_fields(self, session: dict[str, Any]) -> None:
-        if "instructions" in session or self.has_operator_instructions:
-            page = session.get("instructions")
-            session["instructions"] = self.instructions(page if isinstance(page, str) else None)
+        page = session.get("instructions")
+        if page is not None and not isinstance(page, str):
+            pass  # not instructions at all: passed on for the upstream to refuse, naming it
+        elif "instructions" in session or self.has_operator_instructions:
+            session["instructions"] = self.instructions(page)
         if self.tools:
             session["tools"] = [t.schema() for t in self.tools]
             session["tool_choice"] = "auto"
@@ -226,15 +228,17 @@ class Policy:
             if key == "input" and isinstance(value, list):
                 out[key] = self.input_items(value, refused, server_call)
             elif key == "instructions":
-                if "instructions" in self.settable:
-                    out[key] = self.instructions(value if isinstance(value, str) else None)
-                else:
+                if "instructions" not in self.settable:
                     refused.append("response.instructions")
+                elif isinstance(value, str) or value is None:
+                    out[key] = self.instructions(value)
+                else:
+                    out[key] = value  # not instructions: the upstream refuses it, naming it
             elif key == "temperature":
                 if "temperature" not in self.settable:
                     refused.append("response.temperature")
-                elif dialect == "preview":
-                    out[key] = value
+                elif dialect == "preview" or not _is_number(value):
+                    out[key] = value  # GA has none: a number is dropped, anything else refused
             elif key in _RESPONSE_ALLOWED:
                 out[key] = value
             else:
@@ -292,3 +296,7 @@ class Policy:
         else:
             out["instructions"] = page_instructions
         return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

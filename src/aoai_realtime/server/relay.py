@@ -264,6 +264,7 @@ class Relay:
         self._upstream_lock = asyncio.Lock()
         self._reported: set[str] = set()
         self._page_instructions: str | None = None
+        self._event_id: str | None = None  # the page event being handled, for the answers
         self._own_event_ids: OrderedDict[str, None] = OrderedDict()  # bounded: _own()
         self._initial_id: str | None = None
         self._swallow_updated = False
@@ -526,10 +527,11 @@ class Relay:
         return event_id
 
     async def _notice(self, code: str, message: str, param: str | None = None) -> None:
-        event = error_event(code, message, param=param)
+        """A non-fatal ``error`` of the middle tier's, answering the page's event in hand."""
+        event = error_event(code, message, param=param, event_id=self._event_id)
         if self.observer is not None:
             self.observer("relay", event)
-        await self._send_client_text(_dumps(event))
+        await self._send_client(event)
 
     async def _refused(self, params: list[str]) -> None:
         for param in params:
@@ -579,9 +581,11 @@ class Relay:
                 "param": None,
                 "event_id": None,
             }
-        match = re.search(r'"event_id"\s*:\s*"([^"\\]+)"', text[:500])
-        if match and not error.get("event_id"):
-            error["event_id"] = match.group(1)
+        if not error.get("event_id"):
+            error["event_id"] = self._event_id
+        if not error.get("event_id"):  # the frame did not parse: its id, if it is there early
+            match = re.search(r'"event_id"\s*:\s*"([^"\\]+)"', text[:500])
+            error["event_id"] = match.group(1) if match else None
         log("relay.bad_client_event", 30, conn=self.conn_id, error=error.get("message"))
         event = {"type": "error", "event_id": f"relay_{uuid.uuid4().hex[:20]}", "error": error}
         if self.observer is not None:
@@ -602,11 +606,14 @@ class Relay:
         """One page frame: parsed once (depth-limited), decided on the parsed value, and sent
         upstream re-serialised, never as the page wrote it, so a frame cannot look like one
         event here and be another upstream (duplicate keys, a nested ``type`` first)."""
+        self._event_id = None
         try:
             event = load_client_event(text)
         except ProtocolError as exc:
             await self._bad_client_event(text, exc)
             return
+        event_id = event.get("event_id")
+        self._event_id = event_id if isinstance(event_id, str) else None
         if event["type"] in _HOT_CLIENT:  # an audio append: the same in both dialects
             if self.observer is not None:
                 self.observer("client", event)
@@ -636,7 +643,7 @@ class Relay:
                 and item.get("type") == "function_call_output"
                 and self._tools.owns(item.get("call_id"))
             ):
-                await self._server_call_refused(event, str(item["call_id"]))
+                await self._server_call_refused(str(item["call_id"]))
                 return
             result = self.policy.item_create(event)
         else:
@@ -650,22 +657,16 @@ class Relay:
             return
         await self._send_upstream(result.event)
 
-    async def _server_call_refused(self, event: dict[str, Any], call_id: str) -> None:
+    async def _server_call_refused(self, call_id: str) -> None:
         """A page's output for a server tool's call: the server gives the model that output."""
         self.stats.refused.append("item.call_id")
         log("relay.policy_violation", conn=self.conn_id, param="item.call_id", call_id=call_id)
-        error = {
-            "type": "invalid_request_error",
-            "code": "policy_violation",
-            "message": f"The call {call_id[:64]!r} is a server tool's call: the middle tier gives "
-            "the model its output, a client cannot. The item was not added.",
-            "param": "item.call_id",
-            "event_id": event.get("event_id") if isinstance(event.get("event_id"), str) else None,
-        }
-        reply = {"type": "error", "event_id": f"relay_{uuid.uuid4().hex[:20]}", "error": error}
-        if self.observer is not None:
-            self.observer("relay", reply)
-        await self._send_client(reply)
+        await self._notice(
+            "policy_violation",
+            f"The call {call_id[:64]!r} is a server tool's call: the middle tier gives the model "
+            "its output, a client cannot. The item was not added.",
+            "item.call_id",
+        )
 
     def _truncate_locally(self, event: dict[str, Any]) -> bool:
         """A truncation of an item from an earlier upstream session (the new session holds it as
