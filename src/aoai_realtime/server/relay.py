@@ -165,12 +165,12 @@ TRANSITIONS: dict[tuple[RelayState, str], RelayState] = {
 current state is a bug, raised at once (never a silent half-state)."""
 
 
-# Handshake failures of a resume attempt that are tried again (within the attempt budget);
-# any other (credentials, permissions, deployment, rate limit) ends the page's session at once.
 CLIENT_STALL_S = 10.0
 """How long a send to the page may hang before the page counts as not reading (see
 :meth:`Relay._watch_client`)."""
 
+# Handshake failures of a resume attempt that are tried again (within the attempt budget);
+# any other (credentials, permissions, deployment, rate limit) ends the page's session at once.
 _RETRY_CONNECT = frozenset({"upstream_unreachable", "upstream_server_error"})
 _TRUNCATE = "conversation.item.truncate"
 _OWN_EVENTS_KEPT = 4096
