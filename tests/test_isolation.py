@@ -22,6 +22,7 @@ from aoai_realtime.channel import memory_pair
 from aoai_realtime.engine.speech.vad import SpeechDetector, TurnDetector
 from aoai_realtime.engine.workers import FairExecutor, model_owner
 from aoai_realtime.server.relay import Relay
+from aoai_realtime.server.resume import MAX_UNANSWERED_UPDATES, ResumeOptions
 from helpers import Client, ServerThread, make_server, memory_engine, open_memory, open_page
 
 
@@ -171,3 +172,36 @@ async def test_many_pages_opened_at_once_all_start(text_engine: Any) -> None:
             await asyncio.gather(*(p.ws.close() for p in pages))
     finally:
         srv.close()
+
+
+async def test_relay_bounds_the_updates_an_upstream_has_not_answered() -> None:
+    """Each page ``session.update`` is kept until the upstream answers it (for a resume); when an
+    upstream stops answering, the 65th unanswered one is refused with its ``event_id`` instead
+    of the middle tier growing with every update the page sends."""
+    page_side, page = memory_pair()
+    relay_side, upstream = memory_pair()
+
+    async def connect() -> Any:
+        return relay_side
+
+    relay = Relay(page_side, connect, resume=ResumeOptions())
+    run = asyncio.create_task(relay.run())
+    await upstream.send(json.dumps({"type": "session.created", "session": {"type": "realtime"}}))
+    client = Client(page, "ga")
+    await client.wait_for("session.created")
+    for i in range(MAX_UNANSWERED_UPDATES + 3):
+        await client.send(_update(i))
+    refused = [await client.wait_for("error") for _ in range(3)]
+    assert {e["error"]["code"] for e in refused} == {"too_many_pending_updates"}
+    first = MAX_UNANSWERED_UPDATES
+    assert [e["error"]["event_id"] for e in refused] == [f"u{i}" for i in range(first, first + 3)]
+    # the upstream got exactly the ones before; once it answers one, the next goes through
+    got = [json.loads(await upstream.receive() or "{}") for _ in range(MAX_UNANSWERED_UPDATES)]
+    assert [e["event_id"] for e in got] == [f"u{i}" for i in range(MAX_UNANSWERED_UPDATES)]
+    await upstream.send(json.dumps({"type": "session.updated", "session": {"type": "realtime"}}))
+    await client.wait_for("session.updated")
+    await client.send(_update(1000))
+    forwarded = json.loads(await upstream.receive() or "{}")
+    assert forwarded["event_id"] == "u1000"
+    await page.close()
+    await asyncio.wait_for(run, 30)

@@ -28,6 +28,7 @@ version).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -42,6 +43,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .._threads import release_free_memory
 from .._version import __version__
 from ..channel import AiohttpChannel
 from ..config import ConfigError
@@ -582,4 +584,6 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         closer = getattr(relay.observer, "close", None)
         if callable(closer):
             closer()
+        if not relays:  # the last page left: give the freed memory back (see the engine's)
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
     return ws

@@ -61,7 +61,7 @@ from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
 from .errors import CLOSE_POLICY, CLOSE_UPSTREAM, RelayError, error_event
 from .logs import log
 from .policy import Policy
-from .resume import HeldEvents, ResumeOptions, SessionTracker
+from .resume import MAX_UNANSWERED_UPDATES, HeldEvents, ResumeOptions, SessionTracker
 
 __all__ = [
     "Channel",
@@ -624,6 +624,14 @@ class Relay:
             event = _dialect.preview_to_ga_client(event)  # a ProtocolError is answered
         kind = event.get("type")
         if kind == "session.update":
+            if self._session.unanswered >= MAX_UNANSWERED_UPDATES:
+                await self._notice(
+                    "too_many_pending_updates",
+                    f"{self._session.unanswered} session.update events are waiting for their "
+                    "session.updated: wait for the answers before sending more. This one was "
+                    "not applied.",
+                )
+                return
             result = self.policy.session_update(event, dialect=self.dialect)
             session = event.get("session")
             if (

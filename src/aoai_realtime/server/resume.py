@@ -81,6 +81,12 @@ def merge_session(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any
     return out
 
 
+MAX_UNANSWERED_UPDATES = 64
+"""A page's ``session.update`` is refused (``too_many_pending_updates``) while this many are
+unanswered: each is kept until its answer (for a resume), so a page flooding updates into an
+upstream that does not answer would otherwise grow the middle tier without bound."""
+
+
 @dataclass
 class _PendingUpdate:
     event_id: str
@@ -100,6 +106,11 @@ class SessionTracker:
 
     confirmed: dict[str, Any] = field(default_factory=dict)
     _pending: deque[_PendingUpdate] = field(default_factory=deque)
+
+    @property
+    def unanswered(self) -> int:
+        """Updates sent (or held) that the upstream has not answered yet."""
+        return len(self._pending)
 
     def sent(self, event_id: str, session: dict[str, Any]) -> _PendingUpdate:
         entry = _PendingUpdate(event_id, session)
