@@ -215,6 +215,11 @@ async def test_a_deep_or_surrogate_frame_is_refused_and_the_session_goes_on(
         assert "deeper" in refused["error"]["message"]
         await page.send_raw("{not json")
         assert (await page.wait_for("error"))["error"]["code"] == "invalid_json"
+        # a binary frame is answered as the service answers it, never dropped without a word
+        assert page.ws is not None
+        await page.ws.send_bytes(b'{"type":"input_audio_buffer.clear","event_id":"b1"}\xff')
+        binary = await page.wait_for("error")
+        assert binary["error"]["code"] == "invalid_json"
         # a lone surrogate, echoed back by the upstream in conversation.item.added
         surrogate = (
             '{"type":"conversation.item.create","item":{"type":"message","role":"user",'

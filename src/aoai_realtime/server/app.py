@@ -539,7 +539,8 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         deployment=deployment,
         dialect=client_dialect,
     )
-    client: Channel = AiohttpChannel(ws)
+    # binary frames are read as text (bad UTF-8 replaced), to be answered like any bad frame
+    client: Channel = AiohttpChannel(ws, binary_as_text=True)
     chosen: Upstream | None = None
     failure: RelayError | None = None
     try:
