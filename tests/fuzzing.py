@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aoai_realtime.protocol.dialect import PREVIEW_PARAMS
 from aoai_realtime.protocol.errors import render_path
+from aoai_realtime.protocol.params import PREVIEW_PARAMS
 
 SEED = 20261201
 

@@ -17,16 +17,15 @@ import pytest
 
 from aoai_realtime.channel import AiohttpChannel
 from aoai_realtime.protocol import events as ev
-from aoai_realtime.protocol.dialect import (
+from aoai_realtime.protocol.dialect import ga_to_preview_server, preview_to_ga_server
+from aoai_realtime.protocol.errors import ECHO_LIMIT, ProtocolError, echo
+from aoai_realtime.protocol.params import (
     PREVIEW_PARAMS,
     error_to_ga,
     error_to_preview,
-    ga_to_preview_server,
     param_to_ga,
     param_to_preview,
-    preview_to_ga_server,
 )
-from aoai_realtime.protocol.errors import ECHO_LIMIT, ProtocolError, echo
 from aoai_realtime.protocol.session import SessionConfig
 from fuzzing import ENGINE_PATHS, seeds, serve_in_process
 from helpers import Client, memory_engine, open_memory

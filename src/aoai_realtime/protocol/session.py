@@ -24,6 +24,7 @@ from .errors import (
     render_path,
     unknown_parameter,
 )
+from .params import error_to_preview
 
 AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
@@ -288,8 +289,6 @@ class SessionConfig(BaseModel):
         try:
             return _validate(data, strict=strict)
         except ProtocolError as exc:  # named in GA terms: rename for the preview's client
-            from .dialect import error_to_preview
-
             error = error_to_preview(exc.to_error())
             exc.param, exc.message = error["param"], error["message"]
             exc.args = (exc.message,)
