@@ -88,9 +88,10 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def cli(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m aoai_realtime.cli ARGS`` in ``tmp_path``."""
+    """``python -m aoai_realtime ARGS`` in ``tmp_path`` (what the ``aoai-realtime`` script
+    runs, as a user without the script on ``PATH`` runs it)."""
     return subprocess.run(
-        [sys.executable, "-m", "aoai_realtime.cli", *args],
+        [sys.executable, "-m", "aoai_realtime", *args],
         cwd=tmp_path,
         env=env if env is not None else _env(tmp_path),
         capture_output=True,
@@ -123,6 +124,17 @@ def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert "examples:" in out.stdout and f"aoai-realtime {name}" in out.stdout
     assert "AZURE_OPENAI_ENDPOINT" in cli(tmp_path, "talk", "--help").stdout
+
+
+def test_python_dash_m_is_the_command(tmp_path: Path) -> None:
+    from aoai_realtime import __version__
+
+    out = cli(tmp_path, "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"aoai-realtime {__version__}"
+    assert "commands:" in cli(tmp_path, "--help").stdout
+    unknown = cli(tmp_path, "nope")
+    assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr
 
 
 def test_usage_errors_say_what_to_do(tmp_path: Path) -> None:
