@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: run test lint typecheck pytest engine bench clean
+.PHONY: run test lint typecheck pytest browser engine bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,28 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The browser tests need Debian's Chromium: installed here when this user may (root with
+# apt-get), else make stops with the command to run. SKIP_BROWSER=1 skips them, and says so.
+browser:
+ifeq ($(SKIP_BROWSER),1)
+	@echo "make test: SKIP_BROWSER=1, the browser tests are skipped"
+else
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Chromium for the browser tests (apt-get install -y chromium)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs Chromium for the browser tests: run" >&2; \
+	    echo "  sudo apt-get install -y chromium" >&2; \
+	    echo "(or make test SKIP_BROWSER=1 to skip them)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+endif
+
+pytest: $(STAMP) browser
+	AOAI_REALTIME_BROWSER_TESTS=$(if $(filter 1,$(SKIP_BROWSER)),skip,required) $(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
 

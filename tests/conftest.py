@@ -19,7 +19,7 @@ Fixtures:
 ``tts_wav``          ``tts_wav(text, voice="alloy") -> bytes``: the text spoken by the engine's
                      own voice, as raw PCM16 mono 24 kHz (no WAV header), cached per text
 ``silence``          ``silence(ms) -> bytes``: that much PCM16 24 kHz silence
-``chromium_path``    Debian's Chromium for Playwright; skips if it or Playwright is missing
+``chromium_path``    Debian's Chromium for Playwright; fails under ``make test`` if missing
 
 The engine objects (:class:`~aoai_realtime.engine.server.EngineThread`) offer ``.url``
 (``ws://127.0.0.1:PORT``), ``.http_url``, ``.port``, ``.ga_url(model)`` and
@@ -98,9 +98,20 @@ def silence() -> Callable[[int], bytes]:
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    """Debian's Chromium (``/usr/bin/chromium``; ``.ci/run`` installs it): browser tests skip
-    without it or without Playwright (``playwright install`` is never needed)."""
+    """Debian's Chromium (``/usr/bin/chromium``; ``make test`` installs it when it may):
+    without it the browser tests fail under ``make test`` (``AOAI_REALTIME_BROWSER_TESTS=required``,
+    set by the Makefile) and are skipped, with the reason, in a plain ``pytest`` run.
+    Playwright's own browser download is never needed."""
+    problem = None
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    pytest.importorskip("playwright.sync_api")
+        problem = f"{CHROMIUM} is missing: run `sudo apt-get install -y chromium`"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "Playwright is missing: run `pip install -e '.[test]'`"
+    if problem is not None:
+        if os.environ.get("AOAI_REALTIME_BROWSER_TESTS") == "required":
+            pytest.fail(f"browser tests cannot run: {problem}", pytrace=False)
+        pytest.skip(problem)
     return CHROMIUM

@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -54,7 +55,8 @@ from aoai_realtime.protocol.dialect import PREVIEW_SERVER_NAMES
 from aoai_realtime.server import LocalEngine, Policy, ServerConfig, ServerThread, Upstreams
 from aoai_realtime.server.tools import demo_tools
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("AOAI_REALTIME_CHROMIUM", "/usr/bin/chromium")
+"""Debian's Chromium (``AOAI_REALTIME_CHROMIUM`` names another)."""
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
