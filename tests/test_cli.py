@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from aoai_realtime.audio import read_wav, resample, rms_dbfs, to_pcm16_24k, write_wav
+from aoai_realtime.config import ConfigError
 from helpers import engine_thread
 
 SCRIPT: dict[str, Any] = {
@@ -583,3 +585,45 @@ def test_doctor_with_nothing_configured(tmp_path: Path) -> None:
     assert "commands will use the local engine" in checks["handshake"]["detail"]
     local_ok = checks["local extra"]["status"] == "pass"
     assert rc == (0 if local_ok else 1), text
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+def test_serve_on_a_busy_port_says_so_before_loading_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = cli(tmp_path, "serve", "--port", str(port), timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "--port" in out.stderr  # what to do
+    assert "loading" not in out.stdout + out.stderr  # no model was loaded first
+
+
+def test_serve_without_the_local_extra_does_not_offer_the_local_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the ``[local]`` extra: with Azure settings the local engine is not offered (not
+    "available" in /healthz, not on the page); without them, serve says both ways to get an
+    upstream. A scripted brain still runs, for typed turns."""
+    from aoai_realtime.engine import speech
+    from aoai_realtime.server import cli as serve_cli
+
+    monkeypatch.setattr(speech, "missing_local_extra", lambda: "install the [local] extra")
+    for name in list(os.environ):
+        if name.startswith("AZURE_OPENAI"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    parser = serve_cli.build_parser()
+    with pytest.raises(ConfigError) as none:
+        serve_cli.prepare(parser.parse_args([]))
+    assert "AZURE_OPENAI_ENDPOINT" in str(none.value)
+    assert "aoai-realtime[local]" in str(none.value)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k" * 32)
+    _, upstreams = serve_cli.prepare(parser.parse_args([]))
+    assert upstreams.local is None
+    assert [e["id"] for e in upstreams.endpoints()] == ["configured"]

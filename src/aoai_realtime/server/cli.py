@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -257,16 +258,33 @@ def _allowed_origins(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
-    try:
-        from ..engine.config import EngineConfig
-    except ImportError:
-        return None
+    """The in-process local engine's configuration, or ``None`` when it cannot run here: its
+    speech models and local brain come from the ``[local]`` extra (a scripted brain runs
+    without it, for typed turns)."""
+    from ..engine.config import EngineConfig
+    from ..engine.speech import missing_local_extra
+
     config = EngineConfig(host="127.0.0.1", port=args.engine_port)
     if args.brain:
         config.brain = args.brain
     if args.script:
         config.script = args.script
+    if missing_local_extra() is not None:
+        if config.brain != "scripted":
+            return None
+        config.no_speech = True
     return config
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail now, before any model loads, when another program listens on ``host:port`` (the
+    server binds it a few seconds later, as aiohttp does: with SO_REUSEADDR)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def recorder_factory(path: str | os.PathLike[str]) -> Callable[[str, Upstream | None], Any]:
@@ -426,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aoai-realtime serve: {exc}", file=sys.stderr)
         return 2
     try:
+        _check_port_free(config.host, config.port)
         run_loop(serve(config, upstreams))
     except OSError as exc:
         print(
