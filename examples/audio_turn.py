@@ -1,7 +1,7 @@
 """One spoken turn: send a WAV file (any rate), print both transcripts, save the spoken reply.
 
     python examples/audio_turn.py question.wav -o reply.wav
-    python examples/audio_turn.py question.wav --url ws://127.0.0.1:8788/openai/v1/realtime?model=local
+    python examples/audio_turn.py question.wav --url 'ws://127.0.0.1:8788/openai/v1/realtime?model=local'
 
 The file is streamed at its own sample rate; the SDK resamples it to 24 kHz on the way out.
 Turn detection is off, so the turn ends when the file does (``commit``).

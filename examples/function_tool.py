@@ -1,11 +1,16 @@
 """Function tools: plain Python functions the model calls, run by the SDK automatically.
 
     python examples/function_tool.py "What time is it in Tokyo?"
-    python examples/function_tool.py --url ws://127.0.0.1:8788/openai/v1/realtime?model=local
+    python examples/function_tool.py --url 'ws://127.0.0.1:8788/openai/v1/realtime?model=local'
 
 The SDK builds each tool's JSON schema from its type hints and docstring, runs the call when
 its arguments are complete, sends the output, and asks for the follow-up response once the
 response that made the call is done. The turn's result includes the calls and their outputs.
+
+What it needs: an upstream whose model calls tools. Azure OpenAI (AZURE_OPENAI_ENDPOINT,
+AZURE_OPENAI_DEPLOYMENT, and AZURE_OPENAI_API_KEY or `az login`; `aoai-realtime doctor` checks
+them), or the local engine with a scripted brain that calls `get_time` (docs/scripted-brain.md).
+The local engine's default brain (SmolLM2 135M) does not call tools yet: it answers in words.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Text chat: type a message, read the answer as it streams.
 
 python examples/text_chat.py                         # Azure, from AZURE_OPENAI_* settings
-python examples/text_chat.py --url ws://127.0.0.1:8788/openai/v1/realtime?model=local
+python examples/text_chat.py --url 'ws://127.0.0.1:8788/openai/v1/realtime?model=local'
 python examples/text_chat.py -m "Hello!" -m "What can you do?"   # no typing: send these
 """
 

@@ -34,7 +34,7 @@ examples:
   aoai-realtime talk hello.wav --record hello.jsonl      record a conversation turn
   aoai-realtime replay hello.jsonl                       replay it (same endpoint, or the local
                                                          engine if it was recorded with one)
-  aoai-realtime replay hello.jsonl --url ws://127.0.0.1:8788/openai/v1/realtime?model=local
+  aoai-realtime replay hello.jsonl --url 'ws://127.0.0.1:8788/openai/v1/realtime?model=local'
   aoai-realtime replay hello.jsonl --strict-text --json  compare transcripts too; JSON report
 
 what is compared: the server's event types in order, item types and roles, content part

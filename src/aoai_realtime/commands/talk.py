@@ -28,7 +28,7 @@ examples:
   aoai-realtime talk --text "What's the capital of France?"
   aoai-realtime talk question.wav --voice sage --instructions "Answer in French."
   aoai-realtime talk question.wav --record turn.jsonl   then: aoai-realtime replay turn.jsonl
-  aoai-realtime talk question.wav --url ws://127.0.0.1:8788/openai/v1/realtime?model=local
+  aoai-realtime talk question.wav --url 'ws://127.0.0.1:8788/openai/v1/realtime?model=local'
 
 input: a WAV file of any rate, channel count or sample format the audio helpers read (PCM
 8-32 bit, float, mu-law, A-law), or headerless .raw/.pcm PCM16 mono 24 kHz. It is resampled to
