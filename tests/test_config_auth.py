@@ -516,3 +516,20 @@ def test_new_request_id_is_a_fresh_uuid4() -> None:
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_ad_token_is_a_secret_setting_and_picks_a_static_token(tmp_path: Path) -> None:
+    _write(tmp_path / ".env", AZURE_OPENAI_ENDPOINT=ENDPOINT, AZURE_OPENAI_AD_TOKEN="eyJ.tok.sig")
+    s = Settings.load(env={}, cwd=tmp_path)
+    assert s.ad_token == "eyJ.tok.sig" and s.sources["ad_token"] == ".env"
+    assert "ad_token='<set>'" in repr(s) and "eyJ.tok.sig" not in repr(s)
+    assert s.uses_entra_id
+    cred = credential_from_settings(s)
+    assert describe(cred) == "Entra ID token from AZURE_OPENAI_AD_TOKEN"
+    # A key wins over it; on a loopback endpoint it is still sent (like a key would be).
+    assert (
+        type(credential_from_settings(Settings(endpoint=ENDPOINT, api_key=KEY, ad_token="t")))
+        is ApiKeyCredential
+    )
+    local = credential_from_settings(Settings(endpoint="http://127.0.0.1:8788", ad_token="t"))
+    assert describe(local) == "Entra ID token from AZURE_OPENAI_AD_TOKEN"

@@ -52,8 +52,10 @@ from .auth import (
     ApiKeyCredential,
     BearerKeyCredential,
     Credential,
+    CredentialLike,
     EntraIdCredential,
     NoCredential,
+    as_credential,
     credential_from_settings,
     describe,
     new_request_id,
@@ -247,15 +249,9 @@ def _ws_url(url: str) -> str:
     return f"{mapping[scheme.lower()]}://{rest}"
 
 
-def _as_credential(credential: Any) -> Credential:
-    if hasattr(credential, "headers") and callable(credential.headers):
-        return credential
-    if hasattr(credential, "get_token"):  # an azure-identity AsyncTokenCredential
-        return EntraIdCredential(credential)
-    raise TypeError(
-        f"credential must be an aoai_realtime Credential (e.g. ApiKeyCredential) or an "
-        f"azure-identity async token credential, not {type(credential).__name__}"
-    )
+def _as_credential(credential: CredentialLike) -> Credential:
+    # ours, an azure-identity credential (sync or async) or a bearer-token provider
+    return as_credential(credential)
 
 
 def _resolve_target(
@@ -264,7 +260,7 @@ def _resolve_target(
     endpoint: str | None,
     deployment: str | None,
     api_key: str | None,
-    credential: Any,
+    credential: CredentialLike | None,
     api_version: str | None,
     url: str | None,
     dialect: DialectName | None,
@@ -1949,7 +1945,7 @@ def connect(
     deployment: str | None = None,
     model: str | None = None,
     api_key: str | None = None,
-    credential: Any = None,
+    credential: CredentialLike | None = None,
     api_version: str | None = None,
     url: str | None = None,
     dialect: DialectName | None = None,
@@ -1980,9 +1976,11 @@ def connect(
     * ``url``: any realtime WebSocket URL as is (the local engine, the middle tier); the
       dialect is preview when the query has ``api-version``, else GA, unless ``dialect`` says.
 
-    Auth: ``api_key``, or ``credential`` (an :class:`aoai_realtime.auth.Credential` or an
-    azure-identity async token credential, scope ``cognitiveservices``), else from the
-    settings (Entra ID via ``az login``/managed identity when there is no key). Headers are
+    Auth: ``api_key``, or ``credential`` (an :class:`aoai_realtime.auth.Credential`, an
+    azure-identity credential, sync such as ``DefaultAzureCredential()`` or async from
+    ``azure.identity.aio``, scope ``cognitiveservices``, or a bearer-token provider such as
+    ``get_bearer_token_provider(...)``), else from the settings (``AZURE_OPENAI_API_KEY``, then
+    ``AZURE_OPENAI_AD_TOKEN``, then Entra ID via ``az login``/managed identity). Headers are
     fetched per connection, so :meth:`RealtimeClient.reconnect` uses a fresh token.
 
     ``session`` is sent with ``session.update`` once connected, with ``tools`` (plain

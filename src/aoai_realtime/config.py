@@ -3,10 +3,16 @@
 Precedence, per variable: the process environment, then ``.env``, then ``.dev.vars`` (the seed
 project's Wrangler-style file, same ``KEY=VALUE`` syntax). An empty value counts as unset.
 :attr:`Settings.sources` records where each value came from, for the ``doctor`` command.
+
+Our own names (:data:`ENV_VARS`) come first, in every source; openai-python's
+(:data:`FALLBACK_ENV_VARS`: ``OPENAI_API_VERSION``) only when none of ours is set anywhere (and
+a pasted endpoint URL's ``api-version`` did not say either). ``AZURE_OPENAI_AD_TOKEN``
+(openai-python's name for a static Entra ID token) has no twin of ours and is read like ours.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +28,7 @@ from .protocol.dialect import DialectName
 __all__ = [
     "DEFAULT_ENV_FILES",
     "ENV_VARS",
+    "FALLBACK_ENV_VARS",
     "ConfigError",
     "DialectName",
     "Endpoint",
@@ -43,10 +50,19 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "tenant_id": ("AZURE_TENANT_ID",),
     "client_id": ("AZURE_CLIENT_ID",),
     "client_secret": ("AZURE_CLIENT_SECRET",),
+    "ad_token": ("AZURE_OPENAI_AD_TOKEN",),
 }
 """Settings field -> the variables that set it, first one winning within one source."""
 
-_SECRET_FIELDS = frozenset({"api_key", "client_secret"})
+FALLBACK_ENV_VARS: dict[str, tuple[str, ...]] = {
+    "api_version": ("OPENAI_API_VERSION",),
+}
+"""openai-python's names, read only when the field is set nowhere by :data:`ENV_VARS` (nor by
+a pasted endpoint URL). ``OPENAI_API_VERSION`` counts only when it is a preview version (ends in
+``-preview``): openai-python users often hold a GA chat-completions version there (e.g.
+``2024-10-21``), which would otherwise switch realtime to a preview URL that refuses it."""
+
+_SECRET_FIELDS = frozenset({"api_key", "client_secret", "ad_token"})
 _OPENAI_HOST = "api.openai.com"
 _AZURE_SUFFIXES = (".azure.com", ".azure.us", ".azure.cn", ".azure-api.net")
 _EXAMPLE_ENDPOINT = "https://my-resource.openai.azure.com"
@@ -218,6 +234,9 @@ class Settings:
     tenant_id: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    ad_token: str | None = None
+    """A Microsoft Entra ID access token sent as is (``AZURE_OPENAI_AD_TOKEN``); it cannot be
+    refreshed, so it serves about an hour. An API key wins over it."""
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Field name -> where its value came from: ``environment``, ``.env``, ``.dev.vars``, ...
     A value taken from a pasted endpoint URL says so, e.g. ``.env (AZURE_OPENAI_ENDPOINT URL)``."""
@@ -285,7 +304,21 @@ class Settings:
                     values[fname] = found
                     sources[fname] = origin
                     break
-        return cls(**values, sources=sources)
+        settings = cls(**values, sources=sources)
+        fallbacks: dict[str, str] = {}
+        fallback_sources = dict(settings.sources)
+        for fname, keys in FALLBACK_ENV_VARS.items():
+            if getattr(settings, fname) is not None:
+                continue
+            for origin, layer in layers:
+                var = next((k for k in keys if _usable_fallback(k, layer.get(k))), None)
+                if var is not None:
+                    fallbacks[fname] = str(layer[var])
+                    fallback_sources[fname] = f"{origin} ({var})"
+                    break
+        if fallbacks:
+            settings = dataclasses.replace(settings, **fallbacks, sources=fallback_sources)
+        return settings
 
     # ---- derived
 
@@ -392,6 +425,13 @@ class Settings:
         return f"Settings({shown})"
 
     __str__ = __repr__
+
+
+def _usable_fallback(var: str, value: str | None) -> bool:
+    value = (value or "").strip()
+    if var == "OPENAI_API_VERSION":
+        return value.endswith("-preview")
+    return bool(value)
 
 
 def _mask(value: str | None) -> str:

@@ -30,10 +30,18 @@ from ..auth import (
     Credential,
     EntraIdCredential,
     NoCredential,
+    StaticTokenCredential,
     credential_from_settings,
     describe,
 )
-from ..config import DEFAULT_ENV_FILES, ENV_VARS, ConfigError, Settings, parse_endpoint
+from ..config import (
+    DEFAULT_ENV_FILES,
+    ENV_VARS,
+    FALLBACK_ENV_VARS,
+    ConfigError,
+    Settings,
+    parse_endpoint,
+)
 from ..protocol.handshake import HandshakeFailure
 from ..transport import HandshakeFailed, open_websocket
 from . import _common as common
@@ -51,8 +59,9 @@ examples:
                                             test a handshake with a running `serve`
 
 checks: settings (where each value came from), endpoint (scheme, a pasted /openai/realtime
-URL, the host), deployment, dialect (GA or preview, and why), credential (API key, az login,
-service principal, managed identity; a token is fetched), handshake (session.created),
+URL, the host), deployment, dialect (GA or preview, and why), credential (which one: API key,
+AZURE_OPENAI_AD_TOKEN, service principal, managed identity, DefaultAzureCredential; a token is
+fetched), handshake (session.created),
 the [local] extra (the offline engine) and audio devices (for `chat --mic`).
 Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
 
@@ -103,7 +112,7 @@ def _raw_values(cwd: Path, env: Mapping[str, str]) -> dict[str, tuple[str, str]]
             except (OSError, UnicodeDecodeError):
                 continue
     out: dict[str, tuple[str, str]] = {}
-    for names in ENV_VARS.values():
+    for names in (*ENV_VARS.values(), *FALLBACK_ENV_VARS.values()):
         for origin, layer in layers:
             found = next(
                 ((k, layer[k]) for k in names if str(layer.get(k) or "").strip()),
@@ -222,7 +231,19 @@ def check_deployment(settings: Settings | None, raw: dict[str, tuple[str, str]])
     return Check("deployment", "pass", f"{settings.deployment} (from {origin})")
 
 
-def check_dialect(settings: Settings | None) -> Check:
+def _version_var(settings: Settings) -> str:
+    """The variable that set the api-version: ours, or openai-python's ``OPENAI_API_VERSION``."""
+    origin = settings.sources.get("api_version", "")
+    return (
+        "OPENAI_API_VERSION"
+        if origin.endswith("(OPENAI_API_VERSION)")
+        else ("AZURE_OPENAI_API_VERSION")
+    )
+
+
+def check_dialect(
+    settings: Settings | None, raw: dict[str, tuple[str, str]] | None = None
+) -> Check:
     if settings is None:
         return Check("dialect", "skip", "the endpoint must be fixed first")
     if settings.endpoint is None:
@@ -244,29 +265,46 @@ def check_dialect(settings: Settings | None) -> Check:
         except ConfigError:
             url = ""
     if settings.dialect == "preview":
+        var = _version_var(settings)
         origin = settings.sources.get("api_version", "settings")
-        why = f"because AZURE_OPENAI_API_VERSION={settings.api_version} (from {origin})"
+        origin = origin.removesuffix(" (OPENAI_API_VERSION)")
+        why = f"because {var}={settings.api_version} (from {origin})"
         return Check("dialect", "pass", f"preview {why}{url}")
     why = "because AZURE_OPENAI_API_VERSION is not set (set it to use the preview protocol)"
     if settings.is_openai:
         why = "OpenAI's GA protocol (AZURE_OPENAI_API_VERSION not set)"
+    ignored = (raw or {}).get("OPENAI_API_VERSION")
+    if ignored is not None:
+        why += (
+            f"; OPENAI_API_VERSION={ignored[0]} (from {ignored[1]}) is ignored: it is not a "
+            "realtime preview version"
+        )
     return Check("dialect", "pass", f"GA {why}{url}")
 
 
 def _credential_source(settings: Settings) -> str:
+    """Which credential the settings pick (the order of :func:`credential_from_settings`)."""
     src = settings.sources
     if settings.api_key:
-        return f"API key from {src.get('api_key', 'settings')}"
+        return f"API key from AZURE_OPENAI_API_KEY ({src.get('api_key', 'settings')})"
+    if settings.ad_token:
+        return f"Entra ID token from AZURE_OPENAI_AD_TOKEN ({src.get('ad_token', 'settings')})"
     if settings.is_local:
         return "none needed (endpoint on this machine)"
     if settings.uses_service_principal:
         return (
-            f"service principal (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET from "
-            f"{src.get('client_secret', 'settings')})"
+            "service principal: ClientSecretCredential (azure-identity) from AZURE_TENANT_ID, "
+            f"AZURE_CLIENT_ID, AZURE_CLIENT_SECRET ({src.get('client_secret', 'settings')})"
         )
     if settings.client_id:
-        return f"user-assigned managed identity (AZURE_CLIENT_ID from {src.get('client_id')})"
-    return "Microsoft Entra ID default chain (az login, managed identity, workload identity, ...)"
+        return (
+            "user-assigned managed identity: DefaultAzureCredential (azure-identity) with "
+            f"AZURE_CLIENT_ID ({src.get('client_id')})"
+        )
+    return (
+        "DefaultAzureCredential (azure-identity): az login, managed identity, workload "
+        "identity, ..."
+    )
 
 
 _FRIENDLY_CREDENTIALS = {
@@ -296,6 +334,8 @@ async def check_credential(
         cred = credential_from_settings(settings)
     except (ConfigError, AuthError) as exc:
         return Check("credential", "fail", source, str(exc)), None
+    if isinstance(cred, StaticTokenCredential):
+        return _static_token_check(source, cred)
     if not isinstance(cred, EntraIdCredential):
         note = "checked by the handshake" if settings.api_key else ""
         shown = describe(cred)
@@ -347,6 +387,39 @@ async def check_credential(
     )
 
 
+def _static_token_check(
+    source: str, cred: StaticTokenCredential
+) -> tuple[Check, Credential | None]:
+    """AZURE_OPENAI_AD_TOKEN: nothing to fetch, but a JWT says when it runs out."""
+    left = cred.expires_in()
+    if left is None:
+        return Check(
+            "credential",
+            "pass",
+            f"{source}: not a JWT, so its expiry is unknown; checked by the handshake",
+        ), cred
+    if left <= 0:
+        return (
+            Check(
+                "credential",
+                "fail",
+                f"{source}: the token expired {-left / 60:.0f} min ago (it is never refreshed)",
+                "set a fresh one (`az account get-access-token --resource "
+                "https://cognitiveservices.azure.com --query accessToken -o tsv`), or unset "
+                "AZURE_OPENAI_AD_TOKEN to use `az login` directly",
+            ),
+            None,
+        )
+    status: Status = "warn" if left < 300 else "pass"
+    check = Check(
+        "credential",
+        status,
+        f"{source}: valid {left / 60:.0f} more min (it is never refreshed)",
+        "set a fresh token soon, or unset AZURE_OPENAI_AD_TOKEN to use `az login` directly",
+    )
+    return check, cred
+
+
 def _reason(status: int) -> str:
     try:
         return f"({HTTPStatus(status).phrase})"
@@ -358,6 +431,13 @@ def _handshake_fix(status: int, target: common.Target, settings: Settings | None
     key = settings is not None and settings.api_key is not None and target.settings is not None
     entra = target.settings is not None and target.settings.uses_entra_id
     if status == 401:
+        if target.settings is not None and target.settings.ad_token and not key:
+            return (
+                "the token in AZURE_OPENAI_AD_TOKEN was refused: it may have expired (about an "
+                "hour) or be for another tenant; set a fresh one (`az account get-access-token "
+                "--resource https://cognitiveservices.azure.com --query accessToken -o tsv`), or "
+                "unset it to use `az login` directly"
+            )
         if key:
             return (
                 "the API key was refused: copy KEY 1 or KEY 2 from the Azure portal (your "
@@ -616,7 +696,7 @@ async def diagnose(args: argparse.Namespace, cwd: Path, progress: common.Progres
     if error is not None and checks[-1].status != "fail":
         checks.append(Check("settings file", "fail", str(error), "fix the value named above"))
     checks.append(check_deployment(settings, raw))
-    checks.append(check_dialect(settings))
+    checks.append(check_dialect(settings, raw))
     cred_check, cred = await check_credential(settings, args.timeout)
     checks.append(cred_check)
 

@@ -143,6 +143,12 @@ class Upstreams:
                 "check AZURE_OPENAI_API_KEY on the server (it must be a key of "
                 f"{settings.endpoint})"
             )
+        elif settings.ad_token:
+            hint = (
+                "the server's AZURE_OPENAI_AD_TOKEN was refused: such a token lasts about an "
+                "hour and is never refreshed, so set a fresh one, or unset it to use `az login` "
+                "(or set AZURE_OPENAI_API_KEY)"
+            )
         elif settings.is_local:
             hint = "the server sends no key to this endpoint: set AZURE_OPENAI_API_KEY"
         else:
