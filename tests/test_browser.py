@@ -140,6 +140,8 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
         "the assistant's reply",
     )
     b.wait("Object.values(rt.playedMs).some(ms => ms > 300)", 20, "audio to be played")
+    # the spoken turn counts in the latency tiles: end of speech -> first audio heard
+    b.wait("rt.turnLog.some(t => t.via === 'voice' && t.until === 'audio')", 20, "its latency")
     assert page.locator("#transcript .marker", has_text="<< Speech Started >>").count() >= 1
 
     # the second utterance barges in: playback stops and a truncate goes out with the played ms
@@ -173,6 +175,8 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
         30,
         "the answer to the typed message",
     )
+    # a typed turn counts too: message sent -> first audio heard
+    b.wait("rt.turnLog.filter(t => t.via === 'typed').length === 1", 20, "the typed latency")
 
     # a server-side tool runs and is shown, with its arguments and result
     page.fill("#message", "Please convert ten miles to kilometres.")
@@ -191,6 +195,9 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
         30,
         "the whole answer after the tool",
     )
+    # the tool's turn runs from the message sent to the audio of the reply after the call
+    b.wait("rt.turnLog.filter(t => t.via === 'typed').length === 2", 20, "the tool turn")
+    assert page.locator("[data-stat=turns]").inner_text() == str(b.rt("rt.turnLog.length"))
     # A typed message cancels the reply in progress; when that reply ends on its own first, the
     # cancel is answered with response_cancel_not_active: a benign race the page must not show.
     errors = b.rt("rt.events.filter(e => e.type === 'error')")

@@ -14,7 +14,12 @@
 //   playedMs  {item_id: ms of that assistant item actually played}, integer (floor)
 //   lastError {type, code, message} of the last fatal error, null after Start
 //   notices   every non-fatal notice of the middle tier: {code, message} (e.g. session_resumed)
-//   turns     latency of each spoken turn in ms (speech_stopped -> first assistant audio heard)
+//   turns     latency of each turn in ms, spoken and typed, oldest first: from the end of speech
+//             (speech_stopped) or from sending a typed message (its conversation.item.create) to
+//             the first audio of the reply heard; to the reply's first text when it has no audio.
+//             Only responses created after that moment count (a tool call's reply comes later)
+//   turnLog   the same turns as {ms, via: "voice" | "typed", until: "audio" | "text"}
+//   connectionOpen  whether the connection fields are shown (they fold away on Start)
 //   auth      "none" (no token needed), "needed" (api/config answered 401: the token field is
 //             shown), "refused" (the token given was refused), "token" (a token is in use)
 
@@ -69,6 +74,10 @@ const ui = {
   deployment: $("deployment"),
   endpointHint: $("endpoint-hint"),
   fieldError: $("field-error"),
+  connectionSummary: $("connection-summary"),
+  connectionTarget: $("connection-target"),
+  connectionToggle: $("connection-toggle"),
+  connectionBody: $("connection-body"),
   start: $("start"),
   stop: $("stop"),
   instructions: $("instructions"),
@@ -111,6 +120,8 @@ const rt = {
   lastError: null,
   notices: [],
   turns: [],
+  turnLog: [],
+  connectionOpen: true,
   auth: "none",
 };
 window.__rt = rt;
@@ -122,6 +133,7 @@ let allowCustom = false;
 let configLoaded = false;
 let current = null; // the live Session, or null
 let tokens = 0;
+let connectionFoldable = false; // true from the first Start: the fields may fold to one line
 const handlerErrors = new Set();
 let accessToken = readStoredToken(); // the middle tier's own token (never an Azure key), or ""
 
@@ -139,7 +151,7 @@ class Session {
     this.activeResponse = null;
     this.pendingResponseCreate = false;
     this.cancelSent = false; // a response.cancel may race the response's natural end
-    this.pendingTurn = null; // {t} at speech_stopped, until the reply is heard
+    this.pendingTurn = null; // a turn whose latency runs: see startTurn
     this.pendingTyped = []; // typed messages shown before the server echoed them
     this.assistantSpoke = false;
     this.voiceSent = null;
@@ -158,13 +170,20 @@ function setState(state, detail) {
 
 function updateControls() {
   const state = rt.state;
+  const focused = document.activeElement;
   document.body.dataset.state = state;
   const busy = state === "connecting" || state === "connected";
   ui.start.disabled = busy || !configLoaded;
   ui.stop.disabled = !busy;
+  // Start and Stop act as one toggle for the keyboard (narrow screens show only the one that
+  // applies): the focus goes from the one just used to the other.
+  if (focused === ui.start && ui.start.disabled && !ui.stop.disabled) ui.stop.focus();
+  else if (focused === ui.stop && ui.stop.disabled && !ui.start.disabled) ui.start.focus();
   ui.endpoint.disabled = busy;
-  ui.customEndpoint.disabled = busy || !allowCustom;
-  ui.deployment.disabled = busy || !allowCustom;
+  // A field that does not apply to the endpoint chosen is disabled, not left to be ignored.
+  const fields = endpointFields();
+  ui.customEndpoint.disabled = busy || !fields.customEndpoint;
+  ui.deployment.disabled = busy || !fields.deployment;
   const live = state === "connected";
   ui.message.disabled = !live;
   ui.send.disabled = !live;
@@ -175,7 +194,40 @@ function updateControls() {
   }
 }
 
+/** Which connection fields apply to the endpoint chosen. */
+function endpointFields() {
+  const choice = ui.endpoint.value;
+  return {
+    // only "Custom endpoint…" takes a URL
+    customEndpoint: allowCustom && choice === CUSTOM,
+    // the local engine runs what it runs; other endpoints take a deployment (when the server
+    // lets the page choose one: the same rule as custom endpoints)
+    deployment: allowCustom && choice !== "local",
+  };
+}
+
+/** The connection fields: open, or folded to one summary line (from the first Start on). */
+function setConnectionOpen(open) {
+  const body = ui.connectionBody;
+  if (!open && body.contains(document.activeElement)) ui.connectionToggle.focus();
+  rt.connectionOpen = open || !connectionFoldable;
+  body.hidden = !rt.connectionOpen;
+  ui.connectionSummary.hidden = !connectionFoldable;
+  ui.connectionToggle.setAttribute("aria-expanded", String(rt.connectionOpen));
+  renderConnectionSummary();
+}
+
+function renderConnectionSummary() {
+  const custom = ui.endpoint.value === CUSTOM;
+  const option = ui.endpoint.selectedOptions[0];
+  const where = custom ? ui.customEndpoint.value.trim() || "custom endpoint" : option ? option.textContent : "";
+  const deployment = endpointFields().deployment ? ui.deployment.value.trim() : "";
+  ui.connectionTarget.textContent = deployment ? `${where} · ${deployment}` : where;
+  ui.connectionTarget.title = ui.connectionTarget.textContent; // narrow screens cut it short
+}
+
 function showFieldError(message, field) {
+  setConnectionOpen(true);
   ui.fieldError.textContent = message;
   ui.fieldError.hidden = false;
   if (field) {
@@ -212,7 +264,7 @@ function normalizeEndpoint(raw) {
 /** Where to connect: {endpoint, deployment} for the socket URL, or {error, field}. */
 function readTarget() {
   const choice = ui.endpoint.value;
-  let deployment = allowCustom ? ui.deployment.value.trim() : "";
+  let deployment = endpointFields().deployment ? ui.deployment.value.trim() : "";
   if (choice === CUSTOM) {
     const raw = ui.customEndpoint.value;
     if (!raw.trim()) {
@@ -304,6 +356,7 @@ function askForToken() {
   if (refused) ui.token.setAttribute("aria-invalid", "true");
   else ui.token.removeAttribute("aria-invalid");
   updateControls();
+  setConnectionOpen(true);
   ui.token.focus();
 }
 
@@ -377,10 +430,6 @@ function applyConfig(cfg) {
   if (endpoints.some((ep) => ep.id === preferred)) ui.endpoint.value = preferred;
   updateEndpointFields();
 
-  ui.endpointHint.textContent = allowCustom
-    ? "Custom endpoints: any https://<resource>.openai.azure.com with its deployment (allowed because the server listens on this machine only)."
-    : "Custom endpoints are off: the server only allows them when it listens on localhost.";
-
   const voices = Array.isArray(cfg.voices) && cfg.voices.length ? cfg.voices : DEFAULT_VOICES;
   ui.voice.replaceChildren(...voices.map((v) => option(v, v)));
   ui.voice.value = voices.includes(cfg.default_voice) ? cfg.default_voice : voices[0];
@@ -433,6 +482,19 @@ function updateEndpointFields() {
     : (selected && selected.dataset.deployment) || "server default";
   ui.customEndpoint.required = custom;
   ui.deployment.required = custom;
+  let hint;
+  if (!allowCustom) {
+    hint = "Custom endpoints and deployments are off: the server only allows them when it listens on localhost.";
+  } else if (custom) {
+    hint = "Any https://<resource>.openai.azure.com with its deployment (allowed because the server listens on this machine only).";
+  } else if (ui.endpoint.value === "local") {
+    hint = "The local engine needs no endpoint or deployment. Pick “Custom endpoint…” to use your own Azure resource.";
+  } else {
+    hint = "Leave the deployment empty for the server's own, or pick “Custom endpoint…” to use your own Azure resource.";
+  }
+  ui.endpointHint.textContent = hint;
+  updateControls();
+  renderConnectionSummary();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +513,9 @@ async function start() {
   const s = new Session();
   current = s;
   setState("connecting");
+  // The fields are set: fold them to one line, so the conversation gets the screen.
+  connectionFoldable = true;
+  setConnectionOpen(false);
   // Created synchronously inside the click, so the browser lets the AudioContext run.
   s.audio = new AudioIO({
     onFrame: (pcm) => sendAudio(s, pcm),
@@ -514,6 +579,7 @@ function fail(s, error) {
   if (s.ready) transcript.marker("<< Session Ended >>");
   teardown(s);
   setState("idle", "last session ended with an error");
+  setConnectionOpen(true); // the fix may be there (another endpoint, a deployment)
 }
 
 function stop() {
@@ -616,7 +682,7 @@ function handleEvent(s, event) {
       interruptPlayback(s);
       break;
     case "input_audio_buffer.speech_stopped":
-      s.pendingTurn = { t: performance.now(), itemId: event.item_id };
+      startTurn(s, "voice");
       break;
     case "input_audio_buffer.committed":
       if (event.item_id) transcript.userPending(event.item_id);
@@ -638,6 +704,7 @@ function handleEvent(s, event) {
       break;
     case "response.created":
       s.activeResponse = event.response?.id || true;
+      if (s.pendingTurn && event.response?.id) s.pendingTurn.responses.add(event.response.id);
       break;
     case "response.output_audio.delta":
       onAudioDelta(s, event);
@@ -647,7 +714,10 @@ function handleEvent(s, event) {
       break;
     case "response.output_audio_transcript.delta":
     case "response.output_text.delta":
-      if (event.delta && !isInterrupted(s, event)) transcript.assistantDelta(event.item_id, event.delta);
+      if (event.delta && !isInterrupted(s, event)) {
+        transcript.assistantDelta(event.item_id, event.delta);
+        turnText(s, event);
+      }
       break;
     case "response.output_audio_transcript.done":
       transcript.assistantDone(event.item_id, event.transcript);
@@ -765,6 +835,7 @@ function onItem(s, item, done) {
 
 function onResponseDone(s, response) {
   s.activeResponse = null;
+  turnResponseDone(s, response);
   const output = Array.isArray(response.output) ? response.output : [];
   if (response.status_details?.reason === "session_ended") {
     // Made up by the middle tier: the service ended the session during this response.
@@ -783,7 +854,7 @@ function onResponseDone(s, response) {
   const usage = response.usage;
   if (usage && Number.isFinite(usage.total_tokens)) {
     tokens += usage.total_tokens;
-    stats.render(rt.turns, tokens);
+    stats.render(rt.turnLog, tokens);
   }
   const details = response.status_details || {};
   if (response.status === "failed") {
@@ -830,6 +901,7 @@ function onAudioDelta(s, event) {
   }
   if (!bytes.length) return;
   s.assistantSpoke = true;
+  if (s.pendingTurn && s.pendingTurn.responses.has(event.response_id)) s.pendingTurn.audio = true;
   s.audio.enqueue(id, bytes.buffer);
 }
 
@@ -895,12 +967,8 @@ function onPlayback(s, msg) {
       const item = s.items.get(msg.itemId);
       if (!item || item.interrupted) return;
       ui.speaking.hidden = false;
-      if (s.pendingTurn) {
-        const latency = Math.max(0, Math.round(s.audio.heardAt(msg.time) - s.pendingTurn.t));
-        s.pendingTurn = null;
-        rt.turns.push(latency);
-        transcript.tag(item.id, `${formatMs(latency)} to first audio`, "latency");
-        stats.render(rt.turns, tokens);
+      if (s.pendingTurn && s.pendingTurn.responses.has(item.responseId)) {
+        endTurn(s, s.audio.heardAt(msg.time), "audio", item.id);
       }
       break;
     }
@@ -927,6 +995,42 @@ function onPlayback(s, msg) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Turn latency, spoken and typed
+
+/**
+ * A turn starts: at the end of speech (via "voice") or when a typed message is sent ("typed").
+ * It ends when the first audio of a response created after that is heard, or, for a response
+ * without audio, at its first text; a response with neither (a tool call) leaves it running.
+ */
+function startTurn(s, via) {
+  s.pendingTurn = { t: performance.now(), via, responses: new Set(), audio: false, text: null };
+}
+
+function turnText(s, event) {
+  const turn = s.pendingTurn;
+  if (turn && !turn.text && turn.responses.has(event.response_id)) {
+    turn.text = { at: performance.now(), itemId: event.item_id };
+  }
+}
+
+function turnResponseDone(s, response) {
+  const turn = s.pendingTurn;
+  if (!turn || !turn.responses.has(response.id) || turn.audio || !turn.text) return;
+  endTurn(s, turn.text.at, "text", turn.text.itemId);
+}
+
+function endTurn(s, at, until, itemId) {
+  const turn = s.pendingTurn;
+  s.pendingTurn = null;
+  const ms = Math.max(0, Math.round(at - turn.t));
+  rt.turns.push(ms);
+  rt.turnLog.push({ ms, via: turn.via, until });
+  const from = turn.via === "typed" ? "from send " : "";
+  transcript.tag(itemId, `${formatMs(ms)} ${from}to first ${until}`, "latency");
+  stats.render(rt.turnLog, tokens);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Typed messages
 
 async function sendText(text) {
@@ -941,6 +1045,7 @@ async function sendText(text) {
     type: "conversation.item.create",
     item: { type: "message", role: "user", content: [{ type: "input_text", text }] },
   });
+  startTurn(s, "typed");
   // Only one response at a time: after a cancel, ask for the next one once response.done arrives.
   if (cancelled || s.activeResponse) s.pendingResponseCreate = true;
   else send(s, { type: "response.create" });
@@ -952,7 +1057,7 @@ async function sendText(text) {
 ui.instructions.value = DEFAULT_INSTRUCTIONS;
 renderSettingValues();
 updateControls();
-stats.render(rt.turns, tokens);
+stats.render(rt.turnLog, tokens);
 
 ui.connectForm.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -974,12 +1079,13 @@ ui.endpoint.addEventListener("change", () => {
 });
 ui.customEndpoint.addEventListener("input", () => {
   hideFieldError();
-  if (ui.customEndpoint.value.trim() && ui.endpoint.value !== CUSTOM) {
-    ui.endpoint.value = CUSTOM;
-    updateEndpointFields();
-  }
+  renderConnectionSummary();
 });
-ui.deployment.addEventListener("input", hideFieldError);
+ui.deployment.addEventListener("input", () => {
+  hideFieldError();
+  renderConnectionSummary();
+});
+ui.connectionToggle.addEventListener("click", () => setConnectionOpen(!rt.connectionOpen));
 
 for (const button of document.querySelectorAll("[data-preset]")) {
   button.addEventListener("click", () => {

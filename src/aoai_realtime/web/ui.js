@@ -270,11 +270,14 @@ export class Status {
   constructor(node) {
     this.node = node;
     this.label = node.querySelector(".status-text");
+    this.detail = node.querySelector(".status-detail");
   }
 
+  /** The detail is its own span: narrow screens may shorten it (it stays for screen readers). */
   set(state, detail) {
     this.node.dataset.state = state;
-    this.label.textContent = detail ? `${STATE_TEXT[state]} · ${detail}` : STATE_TEXT[state];
+    this.label.textContent = STATE_TEXT[state];
+    this.detail.textContent = detail ? ` · ${detail}` : "";
   }
 }
 
@@ -301,19 +304,32 @@ export class Meter {
   }
 }
 
-/** Latency per turn (last, median, count) and token usage. */
+/** Latency per turn (last, median, count: spoken and typed) and token usage. */
 export class Stats {
   constructor(root) {
-    this.last = root.querySelector("[data-stat=last]");
-    this.median = root.querySelector("[data-stat=median]");
-    this.turns = root.querySelector("[data-stat=turns]");
-    this.tokens = root.querySelector("[data-stat=tokens]");
+    const stat = (name) => root.querySelector(`[data-stat=${name}]`);
+    this.last = stat("last");
+    this.lastNote = stat("last-note");
+    this.median = stat("median");
+    this.medianNote = stat("median-note");
+    this.turns = stat("turns");
+    this.turnsNote = stat("turns-note");
+    this.tokens = stat("tokens");
   }
 
+  /** turns: [{ms, via: "voice" | "typed", until: "audio" | "text"}], oldest first. */
   render(turns, tokens) {
-    this.last.textContent = turns.length ? formatMs(turns[turns.length - 1]) : "–";
-    this.median.textContent = turns.length ? formatMs(median(turns)) : "–";
+    const last = turns[turns.length - 1];
+    const values = turns.map((t) => t.ms);
+    this.last.textContent = last ? formatMs(last.ms) : "–";
+    this.lastNote.textContent = last
+      ? `${last.via === "typed" ? "typed" : "spoken"}, to ${last.until}`
+      : "";
+    this.median.textContent = turns.length ? formatMs(median(values)) : "–";
+    this.medianNote.textContent = turns.length ? "all turns" : "";
+    const typed = turns.filter((t) => t.via === "typed").length;
     this.turns.textContent = String(turns.length);
+    this.turnsNote.textContent = turns.length ? `${turns.length - typed} spoken, ${typed} typed` : "";
     this.tokens.textContent = tokens ? tokens.toLocaleString() : "–";
   }
 }
