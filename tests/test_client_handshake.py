@@ -32,6 +32,7 @@ from aoai_realtime import (
     connect,
 )
 from aoai_realtime.client import _handshake_headers, _resolve_target
+from aoai_realtime.config import ConfigError
 from aoai_realtime.protocol import events as ev
 
 KEY = "0123456789abcdef0123456789ABCDEF"
@@ -219,6 +220,33 @@ async def test_any_url_is_used_as_is_and_both_connect_forms_work() -> None:
             await rt.close()
         async with await RealtimeClient.connect(url=url + "&api-version=2024-10-01-preview") as rt:
             assert rt.dialect == "preview"
+
+
+async def test_a_bare_url_uses_the_ga_path(text_engine: Any) -> None:
+    """``url="ws://HOST:PORT"`` (no path) means the GA path, as the commands' ``--url`` does."""
+    async with Recorder() as rec:
+        rt = await connect(url=f"ws://127.0.0.1:{rec.port}")
+        await rt.close()
+        rt = await connect(url=f"http://127.0.0.1:{rec.port}/", deployment="mine")
+        await rt.close()
+        assert [(r.path, r.query) for r in rec.requests] == [
+            ("/openai/v1/realtime", {"model": "gpt-realtime"}),
+            ("/openai/v1/realtime", {"model": "mine"}),
+        ]
+    async with await RealtimeClient.connect(url=f"ws://127.0.0.1:{text_engine.port}") as rt:
+        assert rt.conversation.session.get("id", "").startswith("sess_")  # the engine's own
+    with pytest.raises(ConfigError, match="not a realtime WebSocket URL"):
+        await connect(url="127.0.0.1:8788")
+
+
+async def test_404_of_a_url_names_its_path_not_the_settings() -> None:
+    async with Recorder(status=404) as rec:
+        with pytest.raises(DeploymentNotFound) as info:
+            await connect(url=f"ws://127.0.0.1:{rec.port}/wrong/realtime?model=m")
+    msg = str(info.value)
+    assert "this used the path /wrong/realtime of the url given" in msg
+    assert "/openai/v1/realtime?model=NAME" in msg
+    assert "AZURE_OPENAI_DEPLOYMENT" not in msg  # the settings were not used
 
 
 def test_openai_urls_and_beta_header_only_for_preview() -> None:

@@ -60,7 +60,7 @@ from .auth import (
     describe,
     new_request_id,
 )
-from .config import ConfigError, Settings, build_url
+from .config import ConfigError, Settings, build_url, realtime_url
 from .protocol import events as ev
 from .protocol.conversation import Conversation
 from .protocol.dialect import DialectName, ga_to_preview_client, preview_to_ga_server
@@ -239,14 +239,8 @@ class _Target:
     deployment: str | None
     api_version: str | None
     headers: dict[str, str]
-
-
-def _ws_url(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    mapping = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
-    if not rest or scheme.lower() not in mapping:
-        raise ConfigError(f"url {url!r} must start with wss://, ws://, https:// or http://")
-    return f"{mapping[scheme.lower()]}://{rest}"
+    from_url: bool = False
+    """Given as ``url=`` (not built from the settings): advice names the URL, not the settings."""
 
 
 def _as_credential(credential: CredentialLike) -> Credential:
@@ -270,7 +264,7 @@ def _resolve_target(
         raise ValueError(f"dialect must be 'ga' or 'preview' (got {dialect!r})")
     extra = dict(headers or {})
     if url is not None:
-        ws = _ws_url(url.strip())
+        ws = realtime_url(url, deployment or "gpt-realtime")
         parts = urlsplit(ws)
         query = parse_qs(parts.query)
         host = parts.hostname or ""
@@ -297,6 +291,7 @@ def _resolve_target(
             deployment=_first(query, "deployment", "model"),
             api_version=_first(query, "api-version"),
             headers=extra,
+            from_url=True,
         )
 
     if settings is None:
@@ -404,7 +399,15 @@ def _handshake_error(target: _Target, failure: HandshakeFailure) -> HandshakeErr
             msg = f"deployment {target.deployment!r} not found at endpoint {who} (HTTP 404)"
         else:
             msg = f"no realtime endpoint at {target.url} (HTTP 404): check the path"
-        if target.openai:
+        if target.from_url and not target.openai:
+            path = urlsplit(target.url).path or "/"
+            msg += (
+                f"; this used the path {path} of the url given: a realtime endpoint is at "
+                "/openai/v1/realtime?model=NAME (GA) or "
+                "/openai/realtime?api-version=VERSION&deployment=NAME (preview); a bare "
+                "ws://HOST:PORT uses the GA path"
+            )
+        elif target.openai:
             msg += f"; check that {target.deployment!r} is a realtime model name"
         elif target.dialect == "ga":
             msg += (

@@ -174,6 +174,27 @@ def normalize_endpoint(url: str) -> str:
     return parse_endpoint(url).base
 
 
+def realtime_url(url: str, model: str = "gpt-realtime") -> str:
+    """A realtime WebSocket URL as given (``https``/``http`` become ``wss``/``ws``), or, for a
+    bare ``ws://HOST[:PORT]`` (no path, no query), the GA realtime URL on it:
+    ``ws://HOST:PORT/openai/v1/realtime?model=MODEL``. :class:`ConfigError` for anything that is
+    not a WebSocket or HTTP URL. The SDK's ``url=`` and the commands' ``--url`` both use it."""
+    raw = url.strip()
+    parts = urlsplit(raw)
+    mapping = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
+    scheme = mapping.get(parts.scheme.lower())
+    if scheme is None or not parts.hostname:
+        raise ConfigError(
+            f"url {raw!r} is not a realtime WebSocket URL: use e.g. "
+            "'ws://127.0.0.1:8788/openai/v1/realtime?model=local' (or just ws://HOST:PORT for "
+            "the GA path)"
+        )
+    rest = raw[len(parts.scheme) :]
+    if parts.path.strip("/") == "" and not parts.query:
+        return f"{scheme}{rest.rstrip('/')}/openai/v1/realtime?{urlencode({'model': model})}"
+    return f"{scheme}{rest}"
+
+
 def build_url(
     base: str, *, dialect: DialectName, deployment: str, api_version: str | None = None
 ) -> str:

@@ -27,7 +27,7 @@ from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..auth import Credential, NoCredential, credential_from_settings, new_request_id
-from ..config import ConfigError, Settings, parse_endpoint
+from ..config import ConfigError, Settings, parse_endpoint, realtime_url
 from ..protocol.dialect import DialectName
 
 ENV_HELP = """\
@@ -202,21 +202,12 @@ def dialect_of_url(url: str) -> DialectName:
 
 
 def complete_url(url: str, deployment: str | None = None) -> str:
-    """A ``--url`` as given, or, for a bare ``http(s)/ws(s)://HOST[:PORT]``, the GA realtime URL."""
-    raw = url.strip()
-    parts = urlsplit(raw)
-    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-        raise CommandError(
-            f"--url {raw!r} is not a WebSocket URL: use e.g. "
-            "ws://127.0.0.1:8788/openai/v1/realtime?model=local",
-            2,
-        )
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    rest = raw[len(parts.scheme) :]
-    if parts.path.strip("/") == "" and not parts.query:
-        model = deployment or LOCAL_MODEL
-        return f"{scheme}{rest.rstrip('/')}/openai/v1/realtime?model={model}"
-    return f"{scheme}{rest}"
+    """A ``--url`` as given, or, for a bare ``http(s)/ws(s)://HOST[:PORT]``, the GA realtime URL
+    (:func:`~aoai_realtime.config.realtime_url`, as the SDK's ``url=``)."""
+    try:
+        return realtime_url(url, deployment or LOCAL_MODEL)
+    except ConfigError as exc:
+        raise CommandError(f"--{exc}", 2) from None
 
 
 @dataclass
