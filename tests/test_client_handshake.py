@@ -333,6 +333,14 @@ async def test_401_says_run_az_login_or_check_the_key() -> None:
     assert err.request_id and err.request_id in str(err)
 
 
+async def test_401_with_a_token_of_the_application_says_to_check_the_token() -> None:
+    async with Recorder(status=401) as rec:
+        with pytest.raises(AuthenticationError) as info:
+            await connect(endpoint=rec.base, deployment="d", credential=lambda: "a-token")
+    assert "check the token" in str(info.value)
+    assert "AZURE_OPENAI_API_KEY" not in str(info.value)  # no key was involved
+
+
 async def test_403_is_an_authentication_error_too() -> None:
     async with Recorder(status=403) as rec:
         with pytest.raises(AuthenticationError, match="HTTP 403"):

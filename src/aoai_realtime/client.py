@@ -384,10 +384,11 @@ def _handshake_error(target: _Target, failure: HandshakeFailure) -> HandshakeErr
     who = target.endpoint
     if status in (401, 403):
         sent = describe(target.credential)
-        msg = (
-            f"authentication failed at {who} (HTTP {status}, sent: {sent}): run `az login` or "
-            "check AZURE_OPENAI_API_KEY"
-        )
+        if isinstance(target.credential, (ApiKeyCredential, EntraIdCredential)):
+            fix = "run `az login` or check AZURE_OPENAI_API_KEY"
+        else:  # a token or a provider the application gave, or AZURE_OPENAI_AD_TOKEN
+            fix = "check the token: its audience (https://cognitiveservices.azure.com), expiry and role"
+        msg = f"authentication failed at {who} (HTTP {status}, sent: {sent}): {fix}"
         if status == 403 and isinstance(target.credential, EntraIdCredential):
             msg += (
                 "; with Entra ID the identity needs the 'Cognitive Services OpenAI User' role "

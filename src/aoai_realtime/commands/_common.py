@@ -35,7 +35,9 @@ settings (environment, then .env, then .dev.vars in the current directory):
   AZURE_OPENAI_ENDPOINT     https://RES.openai.azure.com (unset: use the local engine)
   AZURE_OPENAI_DEPLOYMENT   the realtime deployment's name, e.g. gpt-realtime
   AZURE_OPENAI_API_KEY      the resource's key (unset: Microsoft Entra ID, e.g. `az login`)
+  AZURE_OPENAI_AD_TOKEN     an Entra ID token as is (openai-python's name; after the key)
   AZURE_OPENAI_API_VERSION  set only for the preview protocol, e.g. 2025-04-01-preview
+                            (OPENAI_API_VERSION, openai-python's name, if a -preview one)
   AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET   a service principal
 Run `aoai-realtime doctor` to check them."""
 
