@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache
 
 # The browser tests need Debian's Chromium: installed here when this user may (root with
 # apt-get), else make stops with the command to run. SKIP_BROWSER=1 skips them, and says so.

@@ -236,7 +236,7 @@ class TurnDetector:
         self._carry = b""  # an odd trailing byte, waiting for its partner
         self._input_samples = 0  # 24 kHz samples received since the last reset
         self._resampler: Any = None  # made by the first feed: a session may never send audio
-        self._pending = np.zeros(0, dtype=np.float32)  # resampled, not yet a whole frame
+        self._pending: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)  # not yet a frame
         self._frames = 0  # frames judged since the last reset
         self._speaking = False
         self._candidate: int | None = None  # first frame of unconfirmed speech
