@@ -575,6 +575,7 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         conn_id=conn_id,
         resume=config.resume_options if config.resume else None,
         refresh_credential=getattr(chosen.credential, "invalidate", None) if chosen else None,
+        upstream_kind=chosen.kind if chosen is not None else None,
     )
     relays: set[Relay] = request.app[RELAYS_KEY]
     relays.add(relay)

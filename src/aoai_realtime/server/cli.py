@@ -35,6 +35,7 @@ from .app import (
 from .local import LocalEngine
 from .logs import configure_logging
 from .policy import Policy
+from .telemetry import setup_from_env as setup_telemetry
 from .tools import demo_tools
 from .upstream import Upstream, Upstreams
 
@@ -177,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-json", action="store_true", help="log JSON lines instead of key=value"
+    )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="send traces and metrics with OpenTelemetry (the [otel] extra) even without any "
+        "OTEL_* exporter setting (then OTLP over HTTP to localhost:4318); OTEL_* settings apply",
     )
     return parser
 
@@ -440,9 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, json_lines=args.log_json)
     try:
         config, upstreams = prepare(args)
+        otel = setup_telemetry(force=args.otel)
     except ConfigError as exc:
         print(f"aoai-realtime serve: {exc}", file=sys.stderr)
         return 2
+    if otel is not None:
+        print(otel, file=sys.stderr, flush=True)
     try:
         _check_port_free(config.host, config.port)
         run_loop(serve(config, upstreams))

@@ -58,6 +58,7 @@ from ..protocol.frames import is_plain, load_client_event
 from ..protocol.restore import restore_events
 from ..protocol.resume import Restore, ResumePolicy, SessionEnd
 from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
+from . import telemetry as _telemetry
 from .errors import CLOSE_POLICY, CLOSE_UPSTREAM, RelayError, error_event
 from .logs import log
 from .policy import Policy
@@ -241,6 +242,7 @@ class Relay:
         resume: ResumeOptions | None = None,
         refresh_credential: Callable[[], None] | None = None,
         client_stall_s: float = CLIENT_STALL_S,
+        upstream_kind: str | None = None,
     ) -> None:
         self.client = client
         self.client_stall_s = client_stall_s
@@ -259,6 +261,8 @@ class Relay:
         self.conn_id = conn_id or uuid.uuid4().hex[:8]
         self._azure_preview = preview_turn_detection_none
         self.stats = RelayStats(self.conn_id)
+        self.upstream_kind = upstream_kind  # "local" or "azure", for the telemetry
+        self.telemetry = _telemetry.session()  # no-op hooks unless OpenTelemetry is on
         self.upstream: Channel | None = None
         self._client_lock = asyncio.Lock()
         self._upstream_lock = asyncio.Lock()
@@ -306,6 +310,10 @@ class Relay:
 
     async def run(self) -> RelayStats:
         """Connect upstream and relay until either side leaves or fails; returns the stats."""
+        with self.telemetry.running(self):
+            return await self._run()
+
+    async def _run(self) -> RelayStats:
         started = time.monotonic()
         try:
             self.upstream = await self.connect()
@@ -389,6 +397,7 @@ class Relay:
             return
         self._to("fail")
         self.stats.error_code = exc.code
+        self.telemetry.failed(exc.code)
         by = "relay" if exc.close_code == CLOSE_POLICY else "upstream"
         self.stats.closed_by = self.stats.closed_by or by
         log("relay.error", 30, conn=self.conn_id, code=exc.code, message=exc.message)
@@ -623,6 +632,7 @@ class Relay:
         if self.client_dialect == "preview":
             event = _dialect.preview_to_ga_client(event)  # a ProtocolError is answered
         kind = event.get("type")
+        self.telemetry.client_event(event)
         if kind == "session.update":
             if self._session.unanswered >= MAX_UNANSWERED_UPDATES:
                 await self._notice(
@@ -741,6 +751,8 @@ class Relay:
             return
         kind = _peek_type(text)
         if kind in self._hot_server:
+            if self.telemetry.waiting:  # a turn's first audio: one attribute test per delta
+                self.telemetry.output_delta(kind)
             if self._conversation is not None:
                 ga_kind = (
                     _PREVIEW_TO_GA_NAMES.get(kind, kind) if self.dialect == "preview" else kind
@@ -769,6 +781,7 @@ class Relay:
                 if self._restored_ids and _is_restore_echo(event, self._restored_ids):
                     continue  # the page already shows the restored items
                 self._fold(event)
+            self.telemetry.server_event(event)
             if not await self._handle_server_event(event):
                 continue
             if self._terminal:
@@ -910,6 +923,7 @@ class Relay:
             self._to("session_ended")
         self._close_in_background(self.upstream)
         log("relay.session_ended", conn=self.conn_id, cause=end.cause, code=end.close_code)
+        self.telemetry.session_ended(end.cause, end.close_code)
         self._ended = end
         self._last_failure = None
         for task in list(self._tool_tasks):
@@ -940,6 +954,7 @@ class Relay:
     async def _attempt_failed(self, why: str) -> bool:
         """The new session failed while being set up: close it, try the next attempt."""
         log("relay.resume_attempt_failed", 30, conn=self.conn_id, why=why)
+        self.telemetry.resume_failed(why)
         self._last_failure = why
         self._restore = None
         self._close_in_background(self.upstream)
@@ -975,6 +990,7 @@ class Relay:
                 if verdict == "refresh_credential" and self.refresh_credential is not None:
                     self.refresh_credential()
                 log("relay.resume_retry", 30, conn=self.conn_id, code=exc.code)
+                self.telemetry.resume_failed(exc.message)
                 self._last_failure = exc.message
                 continue
             except Exception as exc:  # a connector bug must still end in one clear message
@@ -1085,6 +1101,7 @@ class Relay:
         await self._install()
         self._policy.succeeded()
         self.stats.resumes += 1
+        self.telemetry.resumed(restore.accepted)
         log(
             "relay.resumed",
             conn=self.conn_id,
@@ -1156,7 +1173,9 @@ class Relay:
         tool = self.policy.tool(call.name)
         assert tool is not None  # the tool turn runs only the policy's tools
         started = time.monotonic()
-        output = await tool.run(call.arguments, timeout_s=self.policy.tool_timeout_s)
+        output = await self.telemetry.tool(
+            tool.name, call.call_id, tool.run(call.arguments, timeout_s=self.policy.tool_timeout_s)
+        )
         log(
             "relay.tool",
             conn=self.conn_id,
