@@ -427,7 +427,7 @@ class Tally:
             self.problem("policy_violation without the event_id of its event", param)
         elif event_id is None:
             self.without_id += 1
-        elif code in FIELD_CODES:
+        else:  # any error for an event means it was not applied (a flood limit too)
             self.refused.add(event_id)
 
     def check(self) -> None:
