@@ -405,11 +405,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = _base_image(tmp)
     tag = f"localhost/aoai-realtime-test:{os.getpid()}"
     # chroot isolation: RUN steps need no OCI runtime (and use the host's network for pip);
-    # docker format: OCI images have no HEALTHCHECK. LOCAL=0 said explicitly, as an operator
-    # building the Azure-only image would.
+    # docker format: OCI images have no HEALTHCHECK; no layer cache, so nothing is left behind
+    # but the tagged image, removed after the tests.
     _podman(
-        "build", "--isolation", "chroot", "--format", "docker", "--build-arg", "LOCAL=0",
-        "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag, str(ROOT),
+        "build", "--isolation", "chroot", "--format", "docker", "--layers=false",
+        "--build-arg", "LOCAL=0", "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag, str(ROOT),
         timeout=900,
     )  # fmt: skip
     yield tag
