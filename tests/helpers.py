@@ -506,6 +506,17 @@ class Browser:
                 raise AssertionError(f"timed out waiting for {what or expr}: {state}")
             self.page.wait_for_timeout(100)
 
+    def start_refused(self, server: ServerThread, fault: str) -> None:
+        """Press Start while the local engine refuses the handshake with ``fault`` (e.g.
+        ``refuse:401``); returns once the page has shown the error and is idle again."""
+        server.upstreams.local_query = {"fault": fault}
+        try:
+            self.page.click("#start")
+            self.wait("rt.lastError", 20, "the error")
+            self.wait("rt.state === 'idle'", 30, "idle after the error")
+        finally:
+            server.upstreams.local_query = {}
+
     def text(self, selector: str) -> list[str]:
         return self.page.locator(selector).all_inner_texts()
 

@@ -236,13 +236,7 @@ def test_upstream_failure_shows_one_message_and_start_works_again(
     b.wait("!document.getElementById('start').disabled", what="the page to load")
 
     # the engine refuses the upstream handshake with 401
-    web.upstreams.local_query = {"fault": "refuse:401"}
-    try:
-        page.click("#start")
-        b.wait("rt.lastError", 20, "the error")
-        b.wait("rt.state === 'idle'", 30, "idle after the error")
-    finally:
-        web.upstreams.local_query = {}
+    b.start_refused(web, "refuse:401")
     error = b.rt("rt.lastError")
     assert error["type"] == "relay_error" and error["code"] == "upstream_unauthorized"
     banner = page.locator("#banner")

