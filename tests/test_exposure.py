@@ -143,6 +143,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "PORT",
         TOKEN_ENV,
         "AOAI_REALTIME_SERVE_ALLOW_HOSTS",
+        "AOAI_REALTIME_SERVE_ALLOW_ORIGINS",
     ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
@@ -208,6 +209,13 @@ def test_serve_token_sources_and_no_auth(
         PUBLIC,
     )
     assert config_of("--allow-origin", "HTTPS://Voice.Example/").allowed_origins == (PUBLIC_ORIGIN,)
+    # the environment's origins (a container's settings) add to the flags'
+    monkeypatch.setenv("AOAI_REALTIME_SERVE_ALLOW_ORIGINS", " https://Voice.Example , ")
+    assert config_of().allowed_origins == (PUBLIC_ORIGIN,)
+    monkeypatch.setenv("AOAI_REALTIME_SERVE_ALLOW_ORIGINS", "voice.example")
+    with pytest.raises(ConfigError, match="https://app.example"):
+        config_of()
+    monkeypatch.delenv("AOAI_REALTIME_SERVE_ALLOW_ORIGINS")
     with pytest.raises(SystemExit):  # argparse: one way to give the token at a time
         build_parser().parse_args(["--token", TOKEN, "--no-auth"])
     capsys.readouterr()

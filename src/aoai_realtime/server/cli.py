@@ -42,6 +42,7 @@ from .upstream import Upstream, Upstreams
 DEFAULT_PORT = 8787
 TOKEN_ENV = "AOAI_REALTIME_SERVE_TOKEN"
 ALLOW_HOSTS_ENV = "AOAI_REALTIME_SERVE_ALLOW_HOSTS"
+ALLOW_ORIGINS_ENV = "AOAI_REALTIME_SERVE_ALLOW_ORIGINS"
 _HOST_NAME_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
 
 
@@ -128,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="another origin allowed to open the relay (repeatable), compared exactly, scheme "
-        "included, e.g. https://app.example; behind a TLS proxy, the page's public https origin",
+        help="another origin allowed to open the relay (repeatable; also "
+        f"${ALLOW_ORIGINS_ENV}, comma-separated), compared exactly, scheme included, e.g. "
+        "https://app.example; behind a TLS proxy, the page's public https origin",
     )
     parser.add_argument(
         "--allow-host",
@@ -250,9 +252,12 @@ def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _allowed_origins(values: Sequence[str]) -> tuple[str, ...]:
-    """``--allow-origin`` values as browsers write origins: ``scheme://host[:port]``."""
+    """``--allow-origin`` values and ``$AOAI_REALTIME_SERVE_ALLOW_ORIGINS`` as browsers write
+    origins: ``scheme://host[:port]``."""
     origins: list[str] = []
-    for raw in values:
+    for raw in [*values, *os.environ.get(ALLOW_ORIGINS_ENV, "").split(",")]:
+        if not raw.strip():
+            continue
         value = raw.strip().rstrip("/").lower()
         scheme, sep, rest = value.partition("://")
         if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
