@@ -295,6 +295,7 @@ def test_docs_deploy_names_only_flags_and_variables_that_exist() -> None:
     known = {
         cli.TOKEN_ENV,
         cli.ALLOW_HOSTS_ENV,
+        cli.ALLOW_ORIGINS_ENV,
         "PORT",
         *(v for vs in ENV_VARS.values() for v in vs),
     }
