@@ -17,10 +17,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# llama-cpp-python has no wheel on PyPI: the first install compiles it (about ten minutes on 2
+# cores). pip's output goes to $(VENV)/install.log; a line every 15 s says what it is doing, and
+# a failure shows the log's end. pip keeps the wheel it built, so later venvs take seconds.
 $(STAMP): pyproject.toml | $(BIN)/python
-	@echo "Installing aoai-realtime and its offline speech stack into $(VENV)"
-	@echo "(the first time takes a few minutes: llama-cpp-python compiles from source)"
-	$(BIN)/pip install --quiet -e '.[local,test]'
+	@echo "Installing aoai-realtime and its offline speech stack into $(VENV) (log: $(VENV)/install.log)"
+	@if $(BIN)/pip cache list 'llama_cpp_python*' 2>/dev/null | grep -q llama_cpp_python; then \
+	  echo "  llama-cpp-python: the wheel built before is reused"; \
+	else \
+	  echo "  one time only: llama-cpp-python compiles from source (about 10 minutes on 2 cores)"; \
+	fi
+	@$(BIN)/pip install -e '.[local,test]' > $(VENV)/install.log 2>&1 & pid=$$!; \
+	while kill -0 $$pid 2>/dev/null; do \
+	  sleep 15; \
+	  kill -0 $$pid 2>/dev/null && echo "  ... $$(grep -E '^ *(Collecting|Downloading|Building|Installing|Running)' $(VENV)/install.log | tail -n 1 | cut -c1-110)"; \
+	done; \
+	if wait $$pid; then echo "  installed"; else tail -n 40 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log" >&2; exit 1; fi
 	touch $(STAMP)
 
 run: $(STAMP)
