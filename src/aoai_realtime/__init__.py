@@ -14,7 +14,7 @@ for the preview dialect), or takes them as arguments. See ``docs/sdk.md``.
 """
 
 from ._version import __version__
-from .auth import ApiKeyCredential, AuthError, Credential, EntraIdCredential
+from .auth import ApiKeyCredential, AuthError, Credential, CredentialLike, EntraIdCredential
 from .client import (
     AuthenticationError,
     ConnectError,
@@ -47,6 +47,7 @@ __all__ = [
     "ConnectionClosed",
     "Conversation",
     "Credential",
+    "CredentialLike",
     "DeploymentNotFound",
     "EntraIdCredential",
     "ErrorEvent",
