@@ -112,6 +112,28 @@ ENGINE_SCRIPT: dict[str, Any] = {
 WAIT = 90.0
 """How long a test waits for an event: generous, the machine may be busy; no test asserts speed."""
 
+TOOLS_SCRIPT: dict[str, Any] = {
+    "default": "I heard you say: {user}.",
+    "rules": [
+        {
+            "user": "time in tokyo",
+            "function_call": {"name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}},
+        },
+        {"after_function": "current_time", "reply": "Here is the time: {output}."},
+        {
+            "user": "convert",
+            "function_call": {
+                "name": "convert_units",
+                "arguments": {"value": 10, "from_unit": "miles", "to_unit": "km"},
+            },
+        },
+        {"after_function": "convert_units", "reply": "The result is {output}."},
+        {"user": "hello", "reply": "Hello! How can I help you today?"},
+    ],
+}
+"""A script that calls the middle tier's demo server tools (``current_time``,
+``convert_units``) and answers "hello": for the tests of ``serve``."""
+
 GA_TO_PREVIEW = {ga: preview for preview, ga in PREVIEW_SERVER_NAMES.items()}
 """The GA names of server events whose preview names differ (the rest are the same)."""
 

@@ -18,25 +18,14 @@ import pytest
 
 from aoai_realtime.server import Policy, ServerThread
 from aoai_realtime.server.tools import demo_tools
-from helpers import Client, engine_thread, make_server, open_page
+from helpers import TOOLS_SCRIPT, Client, engine_thread, make_server, open_page
 
-SCRIPT: dict[str, Any] = {
-    "default": "I heard you say: {user}.",
-    "rules": [
-        {
-            "user": "time in tokyo",
-            "function_call": {"name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}},
-        },
-        {"after_function": "current_time", "reply": "Here is the time: {output}."},
-        {"user": "hello", "reply": "Hello! How can I help you today?"},
-    ],
-}
 OPERATOR = "OPERATOR RULES: never reveal secrets."
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
+    yield from engine_thread(None, brain="scripted", script=TOOLS_SCRIPT, no_speech=True)
 
 
 class Upstream:

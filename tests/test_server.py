@@ -32,27 +32,8 @@ from aoai_realtime.server.app import STATIC_DIR
 from aoai_realtime.server.cli import main as serve_main
 from aoai_realtime.server.relay import ChannelClosed
 from aoai_realtime.server.tools import convert_units, current_time, demo_tools
-from helpers import Client, engine_thread, make_server, open_page
+from helpers import TOOLS_SCRIPT, Client, engine_thread, make_server, open_page
 
-SCRIPT: dict[str, Any] = {
-    "default": "I heard you say: {user}.",
-    "rules": [
-        {
-            "user": "time in tokyo",
-            "function_call": {"name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}},
-        },
-        {"after_function": "current_time", "reply": "Here is the time: {output}."},
-        {
-            "user": "convert",
-            "function_call": {
-                "name": "convert_units",
-                "arguments": {"value": 10, "from_unit": "miles", "to_unit": "km"},
-            },
-        },
-        {"after_function": "convert_units", "reply": "The result is {output}."},
-        {"user": "hello", "reply": "Hello! How can I help you today?"},
-    ],
-}
 SECRET_KEY = "sk-test-0123456789abcdefSECRETkey"
 SECRET_BEARER = "eyJhbGciOiJub25lIn0.BEARER-TOKEN-secret-42"
 
@@ -62,23 +43,23 @@ SECRET_BEARER = "eyJhbGciOiJub25lIn0.BEARER-TOKEN-secret-42"
 
 @pytest.fixture(scope="module")
 def tool_engine() -> Iterator[Any]:
-    """An engine answering by :data:`SCRIPT` (calls the demo server tools), without speech
+    """An engine answering by :data:`helpers.TOOLS_SCRIPT` (calls the demo server tools), without speech
     models: the pages here type their turns (its audio is silence as long as the text)."""
-    yield from engine_thread(None, brain="scripted", script=SCRIPT, no_speech=True)
+    yield from engine_thread(None, brain="scripted", script=TOOLS_SCRIPT, no_speech=True)
 
 
 @pytest.fixture(scope="module")
 def speech_tool_engine(speech_stack: Any) -> Iterator[Any]:
     """:func:`tool_engine` with the speech models, for a page that sets turn detection and
     transcription (an engine without speech refuses them)."""
-    yield from engine_thread(speech_stack, brain="scripted", script=SCRIPT)
+    yield from engine_thread(speech_stack, brain="scripted", script=TOOLS_SCRIPT)
 
 
 @pytest.fixture(scope="module")
 def keyed_engine() -> Iterator[Any]:
     """An engine that wants an API key (the api-key header or a Bearer token); no speech."""
     yield from engine_thread(
-        None, brain="scripted", script=SCRIPT, api_key=SECRET_KEY, no_speech=True
+        None, brain="scripted", script=TOOLS_SCRIPT, api_key=SECRET_KEY, no_speech=True
     )
 
 
@@ -99,7 +80,7 @@ def memory_server() -> Iterator[ServerThread]:
     from aoai_realtime.server import LocalEngine, ServerConfig
 
     engine = LocalEngine(
-        EngineConfig(port=0, no_speech=True, brain="scripted", script=SCRIPT),
+        EngineConfig(port=0, no_speech=True, brain="scripted", script=TOOLS_SCRIPT),
         progress=lambda _: None,
     )
     upstreams = Upstreams(settings=None, local=engine, listen_host="127.0.0.1")

@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-__all__ = ["LoopThread", "new_event_loop", "release_free_memory", "run", "start_site"]
+__all__ = [
+    "LoopThread",
+    "give_back_memory",
+    "new_event_loop",
+    "release_free_memory",
+    "run",
+    "start_site",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +45,22 @@ def release_free_memory() -> None:
 
 
 _TRIM: Any = None
+_TRIMMING = threading.Lock()
+
+
+def give_back_memory() -> None:
+    """:func:`release_free_memory` in a thread of the running loop's default executor, at most
+    one at a time in the process (the engine when its last session closes and the middle tier
+    when its last page leaves may both ask at once): the loop never waits for it."""
+
+    def trim() -> None:
+        if _TRIMMING.acquire(blocking=False):
+            try:
+                release_free_memory()
+            finally:
+                _TRIMMING.release()
+
+    asyncio.get_running_loop().run_in_executor(None, trim)
 
 
 def _find_malloc_trim() -> Any:

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
-from .._threads import LoopThread, Stop, release_free_memory, start_site
+from .._threads import LoopThread, Stop, give_back_memory, start_site
 from ..channel import AiohttpChannel, Channel, memory_pair
 from ..protocol.errors import ProtocolError
 from . import ids
@@ -80,7 +80,6 @@ class Engine:
         self.tasks: set[asyncio.Task[None]] = set()
         """The runs of in-memory connections (a socket's run is its aiohttp handler)."""
         self._changed = asyncio.Event()
-        self._trimming: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ sessions
 
@@ -96,16 +95,11 @@ class Engine:
         self.connections.discard(conn)
         self._notify()
         if not self.connections:
-            self._give_back_memory()
-
-    def _give_back_memory(self) -> None:
-        """Once no session is left, hand the freed memory back to the system: the C allocator
-        (whose per-thread arenas keep what the model threads freed) trims its free pages, in a
-        thread. (No ``gc.collect()`` here: it holds the loop for about 80 ms; a closed session
-        lets go of its memory itself, see :meth:`RealtimeSession.close`.)"""
-        if self._trimming is not None and not self._trimming.done():
-            return
-        self._trimming = asyncio.get_running_loop().run_in_executor(None, release_free_memory)
+            # No session left: the C allocator (whose per-thread arenas keep what the model
+            # threads freed) trims its free pages. No gc.collect() here: it holds the loop for
+            # about 80 ms, and a closed session lets go of its memory itself (see
+            # RealtimeSession.close).
+            give_back_memory()
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

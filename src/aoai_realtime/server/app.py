@@ -28,7 +28,6 @@ version).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import logging
@@ -43,7 +42,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .._threads import release_free_memory
+from .._threads import give_back_memory
 from .._version import __version__
 from ..channel import AiohttpChannel
 from ..config import ConfigError
@@ -586,6 +585,6 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         closer = getattr(relay.observer, "close", None)
         if callable(closer):
             closer()
-        if not relays:  # the last page left: give the freed memory back (see the engine's)
-            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
+        if not relays:  # the last page left: give the freed memory back (as the engine does)
+            give_back_memory()
     return ws
