@@ -29,7 +29,7 @@ import types
 import typing
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -104,6 +104,9 @@ class Deviation:
     path: str
     reason: str
     allows: Callable[[Any], bool] = lambda value: True
+    fill: Any = field(default=None, hash=False)
+    """For a field openai requires but the service leaves out: the placeholder the check puts
+    in when the field is absent (``None``: the field is taken out when allowed, as above)."""
 
 
 GA = ("ga",)
@@ -113,6 +116,15 @@ PREVIEW = ("preview", "preview-openai")
 ``OpenAI-Beta: realtime=v1`` header)."""
 
 _SESSION_EVENTS = ("session.created", "session.updated")
+_TRANSCRIPTION_SESSION_EVENTS = ("transcription_session.created", "transcription_session.updated")
+
+UNDECLARED_EVENTS: dict[tuple[str, str], str] = {
+    # The preview service starts a session opened with ?intent=transcription with
+    # transcription_session.created; openai's beta union declares only .updated, of the same shape.
+    ("preview", "transcription_session.created"): "transcription_session.updated",
+}
+"""Event types the service sends that openai's union lacks, checked against the model of a
+declared type with the same shape: (dialect, type) -> that type."""
 
 ALLOWED: tuple[Deviation, ...] = (
     # GA: openai's session.created/updated reuse the *request* model of a session, which has no
@@ -139,26 +151,37 @@ ALLOWED: tuple[Deviation, ...] = (
         )
         for kind in _SESSION_EVENTS
     ),
-    # Preview on Azure: turn detection off is echoed as {"type": "none"} (PROTOCOL-NOTES: Azure's
-    # preview endpoint expects it); openai's beta TurnDetection only knows server_vad and
-    # semantic_vad. OpenAI's own preview endpoint sends null (see preview-openai below).
-    Deviation(
-        ("preview",),
-        "session.updated",
-        "session.turn_detection",
-        "Azure preview renders turn detection off as {'type': 'none'}",
-        lambda v: v == {"type": "none"},
+    # GA transcription sessions name themselves realtime.transcription_session.
+    *(
+        Deviation(
+            GA,
+            kind,
+            "session.object",
+            "the GA service sends a transcription session's identity",
+            lambda v: v == "realtime.transcription_session",
+        )
+        for kind in _SESSION_EVENTS
     ),
-    # ENGINE BUG, not Azure behaviour: on OpenAI's preview path the engine renders turn detection
-    # off as {"type": "none"} too. engine/server.py builds every connection's Wire with the
-    # default azure=True; it should pass azure=False for /v1/realtime + OpenAI-Beta. Remove this
-    # entry with that fix (test_preview_on_openais_path_turns_detection_off_with_null says so).
-    Deviation(
-        ("preview-openai",),
-        "session.updated",
-        "session.turn_detection",
-        "engine bug: Wire(azure=True) on OpenAI's preview path (fix in engine/server.py)",
-        lambda v: v == {"type": "none"},
+    # Preview transcription sessions: the service's session over a WebSocket has its identity
+    # and no client_secret (that is an ephemeral key's, made by REST); openai's beta
+    # TranscriptionSession requires client_secret and declares neither id nor object.
+    *(
+        Deviation(PREVIEW, kind, f"session.{key}", "a transcription session's identity", ok)
+        for kind in _TRANSCRIPTION_SESSION_EVENTS
+        for key, ok in (
+            ("id", lambda v: isinstance(v, str)),
+            ("object", lambda v: v == "realtime.transcription_session"),
+        )
+    ),
+    *(
+        Deviation(
+            PREVIEW,
+            kind,
+            "session.client_secret",
+            "no client_secret on a WebSocket (openai's type requires one)",
+            fill={"expires_at": 0, "value": "placeholder"},
+        )
+        for kind in _TRANSCRIPTION_SESSION_EVENTS
     ),
     # Preview: an object tool_choice ({"type": "function", "name": ...}, PROTOCOL-NOTES "spec
     # quirks"); openai's beta Session types tool_choice as a plain string.
@@ -210,6 +233,16 @@ def _take_out(obj: Any, steps: list[tuple[str, bool]], allows: Callable[[Any], b
     return removed
 
 
+def _fill(obj: Any, keys: list[str], placeholder: Any) -> bool:
+    """Put ``placeholder`` at ``keys`` when that field is absent; True if it was put in."""
+    for key in keys[:-1]:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or keys[-1] in obj:
+        return False
+    obj[keys[-1]] = copy.deepcopy(placeholder)
+    return True
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
 
@@ -238,14 +271,23 @@ def check_event(where: str, event: dict[str, Any]) -> Verdict:
     against openai's types for its dialect."""
     dialect = "ga" if where == "ga" else "preview"
     kind = str(event.get("type"))
-    models = SERVER_EVENTS[dialect].get(kind)
+    twin = UNDECLARED_EVENTS.get((dialect, kind))
+    models = SERVER_EVENTS[dialect].get(twin or kind)
     if not models:
         return Verdict([f"{kind}: not a server event type of openai's {dialect} union"], [])
     cleaned = copy.deepcopy(event)
+    if twin is not None:
+        cleaned["type"] = twin
     allowed = [
         d
         for d in ALLOWED
-        if where in d.where and d.event == kind and _take_out(cleaned, _steps(d.path), d.allows)
+        if where in d.where
+        and d.event == kind
+        and (
+            _fill(cleaned, d.path.split("."), d.fill)
+            if d.fill is not None
+            else _take_out(cleaned, _steps(d.path), d.allows)
+        )
     ]
     errors: list[str] = []
     for model in models:
@@ -316,20 +358,29 @@ def test_the_check_refuses_drift() -> None:
     for what, event in drifted.items():
         for where in ("ga", "preview"):
             assert check_event(where, event).problems, f"{what} passed on {where}"
-    # Preview turn detection off: {"type": "none"} is allowed on Azure's preview path only, and
-    # any other invalid turn detection still fails.
+    # Preview turn detection off: the service echoes null; {"type": "none"} (what a client sends
+    # Azure's preview endpoint) is refused by openai's type on every endpoint.
     off: dict[str, Any] = {
         "type": "session.updated",
         "event_id": "event_2",
-        "session": {"turn_detection": {"type": "none"}},
+        "session": {"turn_detection": None},
     }
-    verdict = check_event("preview", off)
-    assert verdict.problems == [] and [d.path for d in verdict.allowed] == [
-        "session.turn_detection"
-    ]
-    nonsense = {**off, "session": {"turn_detection": {"type": "nonsense"}}}
-    assert check_event("preview", nonsense).problems
+    assert check_event("preview", off) == Verdict([], [])
+    for where in ("preview", "preview-openai"):
+        none = {**off, "session": {"turn_detection": {"type": "none"}}}
+        assert check_event(where, none).problems, where
     assert check_event("ga", {**off, "session": {"type": "realtime", **off["session"]}}).problems
+    # A filled-in placeholder covers only an absent field: a wrong one still fails.
+    created: dict[str, Any] = {
+        "type": "transcription_session.created",
+        "event_id": "event_3",
+        "session": {"input_audio_format": "pcm16"},
+    }
+    verdict = check_event("preview", created)
+    assert verdict.problems == [] and [d.path for d in verdict.allowed] == ["session.client_secret"]
+    wrong = {**created, "session": {"client_secret": "nope"}}
+    assert check_event("preview", wrong).problems
+    assert check_event("ga", created).problems  # GA has no transcription_session events
 
 
 # ------------------------------------------------------------------------------ a raw client
@@ -413,13 +464,17 @@ class Peer(Client):
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str, where: str, headers: dict[str, str] | None = None
+    url: str, where: str, headers: dict[str, str] | None = None, *, transcription: bool = False
 ) -> AsyncIterator[Peer]:
-    """A connection whose events are all validated when it ends (unless the test failed)."""
+    """A connection whose events are all validated when it ends (unless the test failed).
+    ``transcription``: a preview transcription session (``transcription_session.created``)."""
     async with aiohttp.ClientSession() as http, await websocket(http, url, headers=headers) as ws:
         peer = Peer(ws, where)
-        await peer.wait_for("session.created")
-        if not peer.ga:
+        if transcription and not peer.ga:
+            await peer.wait_for("transcription_session.created")
+        else:
+            await peer.wait_for("session.created")
+        if not peer.ga and not transcription:
             await peer.wait_for("conversation.created")
         yield peer
         await peer.sync()
@@ -594,14 +649,23 @@ async def test_session_created_and_updated_in_every_configuration(
     assert {"session.created", "session.updated", "error"} <= peer.kinds()
 
 
-async def test_preview_on_openais_path_turns_detection_off_with_null(scripted_engine: Any) -> None:
-    """OpenAI's own preview endpoint (``/v1/realtime`` + the beta header) renders "turn
-    detection off" as ``null``: no allowance needed there."""
-    url = f"{scripted_engine.url}/v1/realtime?model=gpt-4o-realtime-preview"
-    async with connect(url, "preview-openai", headers={"OpenAI-Beta": "realtime=v1"}) as peer:
+@pytest.mark.parametrize("where", ["preview", "preview-openai"])
+async def test_preview_echoes_turn_detection_off_as_null(scripted_engine: Any, where: str) -> None:
+    """Both preview endpoints (Azure's, and OpenAI's ``/v1/realtime`` + the beta header) echo
+    "turn detection off" as ``null``, whichever way the client said it (Azure's clients send
+    ``{"type": "none"}``): openai's preview type refuses ``{"type": "none"}``."""
+    if where == "preview":
+        url, headers = scripted_engine.preview_url(), None
+    else:
+        url = f"{scripted_engine.url}/v1/realtime?model=gpt-4o-realtime-preview"
+        headers = {"OpenAI-Beta": "realtime=v1"}
+    async with connect(url, where, headers=headers) as peer:
+        session = await peer.configure({}, {"turn_detection": {"type": "none"}})
+        assert session["turn_detection"] is None
+        session = await peer.configure({}, {"turn_detection": {"type": "server_vad"}})
+        assert session["turn_detection"]["type"] == "server_vad"
         session = await peer.configure(*NO_TURN_DETECTION)
-        # ENGINE BUG (allow-listed above): should be None; engine/server.py passes azure=True.
-        assert session["turn_detection"] in (None, {"type": "none"})
+        assert session["turn_detection"] is None
         await peer.add_text("hello")
         done = await peer.respond()
         assert done["status"] == "completed"

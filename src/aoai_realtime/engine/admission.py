@@ -7,7 +7,8 @@ aiohttp handlers and :meth:`~aoai_realtime.engine.server.RunningEngine.open_chan
 in-memory entry point) both use it, so a refusal is the same over a socket and in memory.
 
 The checks, in order: the path is a realtime path; its required query parameters are there
-(``model``; the preview path's ``api-version`` and ``deployment``); ``?fault=`` parses (when the
+(``model``, which ``?intent=transcription`` makes optional on the GA and OpenAI paths; the
+preview path's ``api-version`` and ``deployment``); ``?fault=`` parses (when the
 engine allows query faults); the API key matches (when the engine has one); a ``refuse`` fault.
 """
 
@@ -52,6 +53,8 @@ class Admission:
     dialect: Dialect
     model: str
     faults: Faults
+    transcription: bool = False
+    """``?intent=transcription``: the session is a transcription session."""
 
 
 class EngineRefusal(Exception):
@@ -93,9 +96,12 @@ def admit(
     query = query or {}
     heads = {k.lower(): v for k, v in (headers or {}).items()}
     path = path.rstrip("/") or "/"
+    transcription = _first(query, "intent") == "transcription"
     if path == GA_PATH:
         model = _first(query, "model") or _first(query, "deployment")
-        if not model:
+        if not model and transcription:  # a transcription session names its model later
+            model = ""
+        elif not model:
             raise refusal(
                 400,
                 "missing_model",
@@ -105,7 +111,9 @@ def admit(
         dialect = Dialect.GA
     elif path == OPENAI_PATH:
         model = _first(query, "model")
-        if not model:
+        if not model and transcription:
+            model = ""
+        elif not model:
             raise refusal(
                 400,
                 "missing_model",
@@ -159,7 +167,7 @@ def admit(
         )
     if faults.refuse_status is not None:
         raise fault_refusal(faults.refuse_status)
-    return Admission(dialect, model, faults)
+    return Admission(dialect, model, faults, transcription)
 
 
 def offered_keys(query: Query, headers: Mapping[str, str]) -> list[str]:

@@ -451,6 +451,7 @@ class Connection:
             rate_limits=RateLimits(config.rate_limit_tokens, config.rate_limit_requests),
             expires_at=int(time.time() + expiry),
             conversation_id=conversation_id,
+            transcription=admission.transcription,
         )
 
     def _enqueue(self, event: dict[str, Any]) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..audio import Resampler, alaw_decode, b64decode_audio, ulaw_decode
@@ -35,7 +36,14 @@ from ..protocol.errors import (
     one_of,
     unknown_parameter,
 )
-from ..protocol.session import GA_VOICES, SessionConfig, TurnDetection, read_ga_format
+from ..protocol.session import (
+    GA_VOICES,
+    TRANSCRIPTION_MODELS,
+    SessionConfig,
+    TurnDetection,
+    VoiceId,
+    read_ga_format,
+)
 from . import ids
 from .brains import DEFAULT_INSTRUCTIONS, Brain
 from .buffer import InputBuffer
@@ -82,13 +90,30 @@ def full_turn_detection(td: TurnDetection | None) -> TurnDetection | None:
     return TurnDetection.model_validate({**_TD_DEFAULTS[td.type], **given})
 
 
-def default_config(dialect: Dialect, model: str, *, hearing: bool = True) -> SessionConfig:
+def default_config(
+    dialect: Dialect, model: str, *, hearing: bool = True, transcription: bool = False
+) -> SessionConfig:
     """The session a connection starts with (what ``session.created`` shows).
 
     Without ``hearing`` (an engine without its speech models) turn detection starts off: such
     an engine cannot tell speech from silence, so its sessions commit input audio by hand.
+    ``transcription`` (``?intent=transcription``): a transcription session, whose shape has only
+    the input audio settings (transcription itself is off until the client names a model).
     """
-    data: dict[str, Any] = {
+    turn_detection = full_turn_detection(TurnDetection(type="server_vad")) if hearing else None
+    if transcription:
+        data: dict[str, Any] = {
+            "type": "transcription",
+            "input_format": "pcm16",
+            "transcription": None,
+            "turn_detection": turn_detection,
+            "noise_reduction": None,
+            "include": [],
+        }
+        if dialect is Dialect.PREVIEW:
+            data["output_modalities"] = ["text"]
+        return SessionConfig.model_validate(data)
+    data = {
         "type": "realtime",
         "model": model,
         "instructions": DEFAULT_INSTRUCTIONS,
@@ -98,9 +123,7 @@ def default_config(dialect: Dialect, model: str, *, hearing: bool = True) -> Ses
         "input_format": "pcm16",
         "output_format": "pcm16",
         "transcription": None,
-        "turn_detection": full_turn_detection(TurnDetection(type="server_vad"))
-        if hearing
-        else None,
+        "turn_detection": turn_detection,
         "noise_reduction": None,
         "max_output_tokens": "inf",
         "tools": [],
@@ -108,6 +131,8 @@ def default_config(dialect: Dialect, model: str, *, hearing: bool = True) -> Ses
         "tracing": None,
         "truncation": "auto",
         "prompt": None,
+        "parallel_tool_calls": True,
+        "reasoning": None,
     }
     if dialect is Dialect.PREVIEW:
         data["temperature"] = 0.8
@@ -160,6 +185,7 @@ class RealtimeSession:
         rate_limits: RateLimits | None = None,
         expires_at: int | None = None,
         conversation_id: str | None = None,
+        transcription: bool = False,
     ) -> None:
         self.dialect = dialect
         self.brain = brain
@@ -170,7 +196,9 @@ class RealtimeSession:
         self.session_id = ids.session_id()
         self.conversation_id = conversation_id or ids.conversation_id()
         self.expires_at = expires_at or int(time.time()) + 30 * 60
-        self.config = default_config(dialect, model, hearing=speech is not None)
+        self.config = default_config(
+            dialect, model, hearing=speech is not None, transcription=transcription
+        )
         self.store = ItemStore()
         self.buffer = InputBuffer()
         self.active: ResponseRun | None = None
@@ -204,6 +232,10 @@ class RealtimeSession:
         """Send one server event (an ``event_id`` is added)."""
         if self._closed:
             return
+        if event["type"] == "response.output_audio.delta":  # kept for conversation.item.retrieved
+            item = self.store.get(event.get("item_id") or "")
+            if item is not None:
+                item.add_output_audio(event["delta"])
         self._emit({"type": event["type"], "event_id": ids.event_id(), **event})
 
     def error(self, exc: ProtocolError) -> None:
@@ -212,10 +244,21 @@ class RealtimeSession:
 
     def session_object(self) -> dict[str, Any]:
         session = self.config.to_ga()
-        session.update(object="realtime.session", id=self.session_id, expires_at=self.expires_at)
-        if self.dialect is Dialect.PREVIEW and self.config.temperature is not None:
+        kind = "realtime.transcription_session" if self.transcribing else "realtime.session"
+        session.update(object=kind, id=self.session_id, expires_at=self.expires_at)
+        if self.dialect is Dialect.PREVIEW and self.transcribing:
+            # the preview's transcription session shows modalities, which GA's does not have
+            preview = self.config.to_preview_transcription()
+            if "modalities" in preview:
+                session["modalities"] = preview["modalities"]
+        elif self.dialect is Dialect.PREVIEW and self.config.temperature is not None:
             session["temperature"] = self.config.temperature
         return session
+
+    @property
+    def transcribing(self) -> bool:
+        """A transcription session (``?intent=transcription``): no responses."""
+        return self.config.transcription_only
 
     def start(self) -> None:
         """Announce the session (``session.created``)."""
@@ -258,7 +301,7 @@ class RealtimeSession:
         event = decoded.event
         try:
             if decoded.session is not None:
-                self._session_update(decoded.session)
+                self._session_update(decoded.session, decoded.transcription_event)
             elif isinstance(event, ev.InputAudioBufferAppend):
                 await self._append(event)
             elif isinstance(event, ev.InputAudioBufferCommit):
@@ -269,7 +312,8 @@ class RealtimeSession:
                 self._item_create(event)
             elif isinstance(event, ev.ConversationItemRetrieve):
                 item = self._find(event.item_id)
-                self.emit({"type": "conversation.item.retrieved", "item": item.wire()})
+                fmt = self.config.input_format or "pcm16"
+                self.emit({"type": "conversation.item.retrieved", "item": item.retrieved(fmt)})
             elif isinstance(event, ev.ConversationItemDelete):
                 self._find(event.item_id)
                 self.store.delete(event.item_id)
@@ -307,9 +351,17 @@ class RealtimeSession:
     # for a preview client (``session.voice``) by the one table, protocol/dialect.py's
     # PREVIEW_PARAMS.
 
-    def _session_update(self, update: SessionConfig) -> None:
+    def _session_update(self, update: SessionConfig, transcription_event: bool = False) -> None:
+        self._check_session_kind(update, transcription_event)
+        if update.is_set("model") and update.model != self.config.model:
+            raise invalid_value(
+                "session.model",
+                f"Invalid value for 'session.model': a session's model cannot be changed (it is "
+                f"'{echo(self.config.model)}', got '{echo(update.model)}'). Open a new session "
+                "for another model.",
+            )
         if update.is_set("voice"):
-            if update.voice not in GA_VOICES:
+            if not isinstance(update.voice, VoiceId) and update.voice not in GA_VOICES:
                 raise not_supported("session.audio.output.voice", update.voice, GA_VOICES)
             if update.voice != self.config.voice and any(
                 item.role == "assistant" and item.audio_bytes for item in self.store.items()
@@ -325,11 +377,12 @@ class RealtimeSession:
             _check_tools(update.tools or [], "session.tools")
         if update.is_set("tool_choice"):
             _check_tool_choice(update.tool_choice, "session.tool_choice")
-        if update.is_set("output_modalities") and not update.output_modalities:
-            raise invalid_value(
-                "session.output_modalities",
-                "Invalid value for 'session.output_modalities': output modalities must not be "
-                "empty.",
+        if update.is_set("output_modalities"):
+            _check_modalities(update.output_modalities, "session.output_modalities")
+        model = update.transcription.model if update.transcription is not None else None
+        if model is not None and model not in TRANSCRIPTION_MODELS:
+            raise not_supported(
+                "session.audio.input.transcription.model", model, TRANSCRIPTION_MODELS
             )
         _check_open_fields(update)
         if self.speech is None:  # what needs the speech models, once every field is valid
@@ -344,6 +397,32 @@ class RealtimeSession:
         if new.input_format != old.input_format:
             self._configure_input()
         self.emit({"type": "session.updated", "session": self.session_object()})
+
+    def _check_session_kind(self, update: SessionConfig, transcription_event: bool) -> None:
+        """A session stays the kind it was opened as: a transcription session comes from
+        ``?intent=transcription``, and ``session.type`` cannot switch mid-session. The preview
+        updates a transcription session with ``transcription_session.update`` only."""
+        if self.dialect is Dialect.PREVIEW:
+            if transcription_event != self.transcribing:
+                wanted, sent = (
+                    ("transcription_session.update", "session.update")
+                    if self.transcribing
+                    else ("session.update", "transcription_session.update")
+                )
+                raise not_supported("type", sent, (wanted,))
+            return
+        kind = self.config.type or "realtime"
+        if update.type is not None and update.type != kind:
+            hint = (
+                "connect with ?intent=transcription for a transcription session"
+                if update.type == "transcription"
+                else "open a new session without ?intent=transcription for a realtime session"
+            )
+            raise invalid_value(
+                "session.type",
+                f"Invalid value for 'session.type': a session's type cannot be changed (this "
+                f"session is '{kind}', got '{echo(update.type)}'); {hint}.",
+            )
 
     def _check_without_speech(self, update: SessionConfig) -> None:
         """Without the speech models, refuse what needs them: turn detection, transcription."""
@@ -767,6 +846,13 @@ class RealtimeSession:
     # ------------------------------------------------------------------ responses
 
     def _response_create(self, event: ev.ResponseCreate) -> None:
+        if self.transcribing:
+            raise ProtocolError(
+                "Responses are not supported in transcription sessions: this session only "
+                "transcribes its input audio.",
+                code="invalid_value",
+                param="type",
+            )
         params = event.response
         context: list[StoredItem] | None = None
         if params is not None:
@@ -774,12 +860,8 @@ class RealtimeSession:
                 raise not_supported("response.conversation", params.conversation, ("auto", "none"))
             if params.max_output_tokens is not None:
                 _check_max_tokens(params.max_output_tokens, "response.max_output_tokens")
-            if params.output_modalities is not None and not params.output_modalities:
-                raise invalid_value(
-                    "response.output_modalities",
-                    "Invalid value for 'response.output_modalities': output modalities must not "
-                    "be empty.",
-                )
+            if params.output_modalities is not None:
+                _check_modalities(params.output_modalities, "response.output_modalities")
             if params.metadata is not None:
                 _check_metadata(params.metadata, "response.metadata")
             if params.tools is not None:
@@ -839,8 +921,8 @@ class RealtimeSession:
         for key in out:
             if key not in ("format", "voice"):
                 raise unknown_parameter(f"response.audio.output.{key}")
-        if "voice" in out and out["voice"] not in GA_VOICES:
-            raise not_supported("response.audio.output.voice", out["voice"], GA_VOICES)
+        if "voice" in out:
+            _check_voice(out["voice"], "response.audio.output.voice")
         if "format" in out:
             read_ga_format(out["format"], "response.audio.output.format")
 
@@ -848,8 +930,9 @@ class RealtimeSession:
         self, params: ev.ResponseParams | None, context: list[StoredItem] | None
     ) -> ResponseRun:
         self.responses_started += 1
+        config, params = _engine_voices(self.config, params)
         plan = plan_response(
-            self.config, params, default_instructions=DEFAULT_INSTRUCTIONS, context=context
+            config, params, default_instructions=DEFAULT_INSTRUCTIONS, context=context
         )
         run_context = ResponseContext(
             emit=self.emit,
@@ -898,6 +981,62 @@ class RealtimeSession:
                 param=None,
             )
         run.cancel("client_cancelled")
+
+
+def _check_modalities(mods: Sequence[str] | None, param: str) -> None:
+    """``output_modalities``: one of ``["text"]`` and ``["audio"]`` (audio comes with its
+    transcript); the GA service refuses both at once, and none."""
+    if not mods:
+        raise invalid_value(
+            param, f"Invalid value for '{param}': output modalities must not be empty."
+        )
+    if len(set(mods)) > 1:  # worded as the service words it (audio comes with its transcript)
+        raise invalid_value(
+            param,
+            f"Invalid modalities: {echo(repr(list(mods)))}. Supported combinations are: "
+            "['text'] and ['audio'].",
+        )
+
+
+def _check_voice(voice: Any, param: str) -> None:
+    """A built-in voice name or a custom voice object (``{"id": "voice_1234"}``)."""
+    if isinstance(voice, dict):
+        for key in voice:
+            if key != "id":
+                raise unknown_parameter(f"{param}.{key}")
+        if "id" not in voice:
+            raise missing_parameter(f"{param}.id")
+        if not isinstance(voice["id"], str):
+            raise invalid_type(f"{param}.id", "a string", voice["id"])
+        return
+    if not isinstance(voice, str) or voice not in GA_VOICES:
+        raise not_supported(param, voice, GA_VOICES)
+
+
+def engine_voice(voice: str | VoiceId | dict[str, Any] | None) -> str | None:
+    """The engine voice a voice setting is spoken with: built-in names are themselves; a custom
+    voice (``{"id": ...}``) maps onto one of them, always the same one for the same id."""
+    if isinstance(voice, VoiceId):
+        voice = voice.id
+    elif isinstance(voice, dict):
+        voice = str(voice.get("id"))
+    else:
+        return voice
+    return GA_VOICES[zlib.crc32(voice.encode("utf-8")) % len(GA_VOICES)]
+
+
+def _engine_voices(
+    config: SessionConfig, params: ev.ResponseParams | None
+) -> tuple[SessionConfig, ev.ResponseParams | None]:
+    """The session and response settings with custom voices replaced by the engine's own (the
+    session itself keeps, and echoes, what the client set)."""
+    if isinstance(config.voice, VoiceId):
+        config = config.model_copy(update={"voice": engine_voice(config.voice)})
+    out = (params.audio or {}).get("output") if params is not None else None
+    if params is not None and isinstance(out, dict) and isinstance(out.get("voice"), dict):
+        audio = {**(params.audio or {}), "output": {**out, "voice": engine_voice(out["voice"])}}
+        params = params.model_copy(update={"audio": audio})
+    return config, params
 
 
 def _has_transcript(item: StoredItem) -> bool:
@@ -1023,3 +1162,7 @@ def _check_open_fields(update: SessionConfig) -> None:
         prompt = update.prompt
         if prompt is not None and not isinstance(prompt, dict):
             raise invalid_type("session.prompt", "an object", prompt)
+    if update.is_set("client_secret"):  # the preview's: accepted, not used over a WebSocket
+        secret = update.client_secret
+        if secret is not None and not isinstance(secret, dict):
+            raise invalid_type("session.client_secret", "an object", secret)

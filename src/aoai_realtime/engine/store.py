@@ -1,18 +1,21 @@
 """The conversation as the engine keeps it: items in order, with their audio and transcripts.
 
-Each item is kept in its GA wire form (without audio bytes: events never carry them), plus what
-the engine needs beside it: a user item's input audio and the transcription in progress, an
-assistant item's produced audio length and the span of audio each transcript piece covers (so a
-truncation keeps exactly the words that were heard).
+Each item is kept in its GA wire form (without audio bytes: events never carry them, but for
+``conversation.item.retrieved``, :meth:`StoredItem.retrieved`), plus what the engine needs beside
+it: a user item's input audio and the transcription in progress, an assistant item's produced
+audio (as sent) and the span of audio each transcript piece covers (so a truncation keeps exactly
+the words that were heard).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..audio import encode_for_format
 from ..protocol.conversation import cut_transcript
 from .brains import HistoryItem
 
@@ -34,6 +37,8 @@ class StoredItem:
     audio_bytes: int = 0
     bytes_per_ms: int = 48
     segments: list[Segment] = field(default_factory=list)
+    output_audio: bytearray = field(default_factory=bytearray)
+    """An assistant item's audio as its deltas carried it (the response's output format)."""
 
     @property
     def id(self) -> str:
@@ -55,6 +60,24 @@ class StoredItem:
     def wire(self) -> dict[str, Any]:
         """A copy of the wire form, safe to put in an event."""
         return copy.deepcopy(self.data)
+
+    def retrieved(self, input_format: str) -> dict[str, Any]:
+        """The wire form with its audio, as ``conversation.item.retrieved`` carries it (base64:
+        a user item's input audio in the session's ``input_format``, an assistant item's audio
+        as it was sent)."""
+        data = self.wire()
+        for part in data.get("content") or []:
+            kind = part.get("type")
+            if kind == "input_audio" and self.input_audio:
+                raw = encode_for_format(self.input_audio, input_format)
+                part["audio"] = base64.b64encode(raw).decode("ascii")
+            elif kind == "output_audio" and self.output_audio:
+                part["audio"] = base64.b64encode(bytes(self.output_audio)).decode("ascii")
+        return data
+
+    def add_output_audio(self, encoded: str) -> None:
+        """Keep one ``response.output_audio.delta``'s audio (base64) for retrieval."""
+        self.output_audio += base64.b64decode(encoded)
 
     def audio_part(self, content_index: int) -> dict[str, Any] | None:
         content = self.data.get("content") or []
@@ -78,6 +101,7 @@ class StoredItem:
         text = "".join(heard).strip()
         self.segments = [s for s in self.segments if s.end_ms <= audio_end_ms]
         self.audio_bytes = min(self.audio_bytes, int(audio_end_ms * self.bytes_per_ms))
+        del self.output_audio[self.audio_bytes :]
         if part is not None:
             part["transcript"] = text
 

@@ -5,7 +5,8 @@ translated in (``preview_to_ga_client``), and server events out (``ga_to_preview
 ``conversation.created`` after ``session.created``; the GA-only fields the preview protocol does
 not have are left out by the translation). ``session.update`` is validated in the
 connection's own dialect, strictly, as the service does: GA needs ``session.type`` and knows no
-``temperature``; the preview knows no ``session.type``.
+``temperature``; the preview knows no ``session.type``, and updates a transcription session with
+its own ``transcription_session.update``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from ..protocol.frames import load_client_event
 from ..protocol.session import SessionConfig
 from . import ids
 
+TRANSCRIPTION_UPDATE = "transcription_session.update"
+"""The preview's update of a transcription session (GA: ``session.update``, type
+``transcription``)."""
+
 
 @dataclass
 class Decoded:
-    """A client event in the GA vocabulary; ``session`` is set for ``session.update``."""
+    """A client event in the GA vocabulary; ``session`` is set for ``session.update`` (and the
+    preview's ``transcription_session.update``, with ``transcription_event``)."""
 
     event: ClientEvent
     session: SessionConfig | None = None
+    transcription_event: bool = False
+    """The update came as the preview's ``transcription_session.update``."""
 
 
 class Wire:
@@ -48,10 +56,19 @@ class Wire:
         obj = load_client_event(raw)
         event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
         try:
-            if obj.get("type") == "session.update":
+            kind = obj.get("type")
+            if kind == "session.update" or (
+                kind == TRANSCRIPTION_UPDATE and self.dialect is Dialect.PREVIEW
+            ):
                 return self._session_update(obj, event_id)
             if self.dialect is Dialect.PREVIEW:
                 obj = preview_to_ga_client(obj)
+            elif (
+                kind == "response.create"
+                and isinstance(obj.get("response"), dict)
+                and "temperature" in obj["response"]  # GA has no temperature
+            ):
+                raise unknown_parameter("response.temperature")
             return Decoded(parse_client_event(obj))
         except ProtocolError as exc:
             exc.event_id = event_id
@@ -68,17 +85,22 @@ class Wire:
         session = obj["session"]
         if not isinstance(session, dict):
             raise invalid_type("session", "an object", session, event_id)
+        transcription_event = obj.get("type") == TRANSCRIPTION_UPDATE
         try:
             if self.dialect is Dialect.GA:
                 if "type" not in session:
                     raise missing_parameter("session.type")
                 config = SessionConfig.from_ga(session, strict=True)
+            elif transcription_event:
+                config = SessionConfig.from_preview_transcription(session, strict=True)
             else:
                 config = SessionConfig.from_preview(session, strict=True)
         except ProtocolError as exc:
             exc.event_id = event_id
             raise
-        return Decoded(SessionUpdate(event_id=event_id, session=session), config)
+        return Decoded(
+            SessionUpdate(event_id=event_id, session=session), config, transcription_event
+        )
 
     # ------------------------------------------------------------------ out
 
@@ -87,7 +109,9 @@ class Wire:
         if self.dialect is Dialect.GA:
             return [json.dumps(event)]
         out = ga_to_preview_server(event, azure=self.azure)
-        if event.get("type") == "session.created":
+        session = event.get("session")
+        transcription = isinstance(session, dict) and session.get("type") == "transcription"
+        if event.get("type") == "session.created" and not transcription:
             out.append(
                 {
                     "type": "conversation.created",

@@ -23,6 +23,7 @@ from .errors import (
     invalid_type,
     missing_parameter,
     not_supported,
+    out_of_range,
     unknown_parameter,
 )
 from .params import (
@@ -166,7 +167,20 @@ _PREVIEW_INPUT_TOKEN_DETAILS = ("cached_tokens", "text_tokens", "audio_tokens")
 
 
 _PREVIEW_RESPONSE_FORMATS = ("pcm16", "g711_ulaw", "g711_alaw")
-_GA_ONLY_RESPONSE = ("output_modalities", "max_output_tokens", "audio")
+_GA_ONLY_RESPONSE = ("output_modalities", "max_output_tokens", "audio", "reasoning")
+TEMPERATURE_RANGE = (0.6, 1.2)
+"""The preview's ``temperature`` (session and response); GA has none."""
+
+
+def check_temperature(value: Any, param: str) -> None:
+    """A preview ``temperature``: a number from 0.6 to 1.2, refused as the service words it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid_type(param, "a number", value)
+    low, high = TEMPERATURE_RANGE
+    if value < low:
+        raise out_of_range(param, value, minimum=low)
+    if value > high:
+        raise out_of_range(param, value, maximum=high)
 
 
 def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +193,8 @@ def response_params_to_ga(params: dict[str, Any]) -> dict[str, Any]:
     for key in _GA_ONLY_RESPONSE:
         if key in params:
             raise unknown_parameter(f"response.{key}")
+    if "temperature" in params:
+        check_temperature(params["temperature"], "response.temperature")
     out = dict(params)
     if "modalities" in out:
         mods = out.pop("modalities")
@@ -213,6 +229,11 @@ def response_params_to_preview(params: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- server side
 
+_TRANSCRIPTION_SESSION_EVENTS = ("transcription_session.created", "transcription_session.updated")
+"""The preview's events of a transcription session (GA: ``session.*`` with ``type:
+"transcription"``). openai's preview types know ``.updated``; the service starts a session opened
+with ``?intent=transcription`` with ``.created``."""
+
 
 def preview_to_ga_server(event: dict[str, Any]) -> list[dict[str, Any]]:
     """A server event from a preview endpoint, in the GA vocabulary."""
@@ -229,17 +250,23 @@ def preview_to_ga_server(event: dict[str, Any]) -> list[dict[str, Any]]:
                 done["event_id"] = event["event_id"] + "_done"
             return [added, done]
         return [added]
-    if kind in ("session.created", "session.updated"):
+    if kind in ("session.created", "session.updated", *_TRANSCRIPTION_SESSION_EVENTS):
         session = event.get("session") or {}
+        transcription = kind in _TRANSCRIPTION_SESSION_EVENTS
         try:
-            cfg = SessionConfig.from_preview(session)
+            if transcription:
+                cfg = SessionConfig.from_preview_transcription(session)
+            else:
+                cfg = SessionConfig.from_preview(session)
         except ProtocolError:
             return [event]
+        if transcription:
+            kind = "session." + kind.rsplit(".", 1)[1]
         ga = cfg.to_ga()
         for key in ("id", "object", "expires_at"):
             if key in session:
                 ga[key] = session[key]
-        return [{**event, "session": ga}]
+        return [{**event, "type": kind, "session": ga}]
     if kind in ("response.created", "response.done"):
         return [{**event, "response": response_to_ga(event.get("response") or {})}]
     if kind in (
@@ -255,7 +282,8 @@ def preview_to_ga_server(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[dict[str, Any]]:
-    """A GA-vocabulary server event, as a preview endpoint would send it."""
+    """A GA-vocabulary server event, as a preview endpoint would send it (``azure`` no longer
+    changes anything: both preview endpoints echo turn detection off as ``null``)."""
     kind = event.get("type", "")
     renamed = _GA_TO_PREVIEW_TYPES.get(kind)
     if renamed is not None:
@@ -273,11 +301,19 @@ def ga_to_preview_server(event: dict[str, Any], *, azure: bool = True) -> list[d
     if kind in ("session.created", "session.updated"):
         session = event.get("session") or {}
         cfg = SessionConfig.from_ga(session)
-        prev = cfg.to_preview(azure=azure)
+        if cfg.transcription_only:  # the preview's own events for a transcription session
+            prev = cfg.to_preview_transcription()
+            if "modalities" in session:  # a server's, passed beside the GA shape (no twin)
+                prev["modalities"] = session["modalities"]
+            kind = "transcription_" + kind
+        else:
+            # turn detection off is echoed as null on every preview endpoint (what a client
+            # sends Azure's, {"type": "none"}, is not what it gets back)
+            prev = cfg.to_preview(azure=False)
         for key in ("id", "object", "temperature"):  # no expires_at in the preview session
             if key in session:
                 prev[key] = session[key]
-        return [{**event, "session": prev}]
+        return [{**event, "type": kind, "session": prev}]
     if kind in ("response.created", "response.done"):
         return [{**event, "response": response_to_preview(event.get("response") or {})}]
     if kind in (

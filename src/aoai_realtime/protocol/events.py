@@ -619,6 +619,7 @@ class ResponseParams(BaseModel):
     metadata: dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    reasoning: dict[str, Any] | None = None  # GA; stored, not acted on by the local engine
     temperature: float | None = None  # preview only; kept so a relay can translate it
 
 

@@ -20,6 +20,7 @@ PREVIEW_PARAMS: dict[str, str] = {
     "session.audio.input.noise_reduction": "session.input_audio_noise_reduction",
     "session.audio.output.format": "session.output_audio_format",
     "session.audio.output.voice": "session.voice",
+    "session.audio.output.speed": "session.speed",
     "response.output_modalities": "response.modalities",
     "response.max_output_tokens": "response.max_response_output_tokens",
     "response.audio.output.format": "response.output_audio_format",

@@ -1,11 +1,15 @@
 """One session configuration, rendered to the preview's flat shape or the GA's nested one.
 
 Only the fields that were set are rendered, so a ``session.update`` stays partial, and an
-explicit ``None`` is kept: ``turn_detection=None`` turns turn detection off (``null`` in GA,
-``{"type": "none"}`` on Azure's preview endpoint, ``null`` on other preview endpoints).
+explicit ``None`` is kept: ``turn_detection=None`` turns turn detection off (``null`` in GA; a
+client sends ``{"type": "none"}`` to Azure's preview endpoint, ``null`` to other preview
+endpoints; every preview endpoint echoes ``null`` in ``session.updated``).
 
 ``from_ga`` / ``from_preview`` read either shape back; with ``strict=True`` they refuse unknown or
-wrong-dialect fields the way the service does (``Unknown parameter: 'session.type'``).
+wrong-dialect fields the way the service does (``Unknown parameter: 'session.type'``). A
+transcription session (``type: "transcription"``) has its own, smaller shape: in GA the same
+``session`` object without the realtime-only fields, in the preview the separate
+``transcription_session.update`` / ``.updated`` (``*_preview_transcription``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import (
     ProtocolError,
+    echo,
     from_validation,
     invalid_type,
     invalid_value,
@@ -65,13 +70,61 @@ class TurnDetection(_Strict):
 
 
 class Transcription(_Strict):
+    """Input audio transcription; ``delay``, ``keywords`` and ``languages`` are GA-only."""
+
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
+    delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
 
 
 class NoiseReduction(_Strict):
+    """``strength`` is GA-only."""
+
     type: Literal["near_field", "far_field"] | None = None
+    strength: float | None = None
+
+
+class VoiceId(_Strict):
+    """A GA custom voice (``{"id": "voice_1234"}``)."""
+
+    id: str
+
+
+class Reasoning(_Strict):
+    """GA ``reasoning``: stored and echoed (a local engine has no reasoning effort to set)."""
+
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
+TRANSCRIPTION_MODELS = (
+    "whisper-1",
+    "gpt-transcribe",
+    "gpt-live-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-4o-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+)
+"""The transcription models the service knows (any other is refused, naming
+``audio.input.transcription.model``)."""
+
+_PREVIEW_TRANSCRIPTION_KEYS = {"model", "language", "prompt"}
+_PREVIEW_NOISE_KEYS = {"type"}
+_PREVIEW_TD_KEYS = {  # the preview's turn detection (GA adds idle_timeout_ms)
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "eagerness",
+    "create_response",
+    "interrupt_response",
+}
+_PREVIEW_TRANSCRIPTION_TD_KEYS = ("type", "threshold", "prefix_padding_ms", "silence_duration_ms")
+"""What the preview's ``transcription_session.updated`` shows of turn detection."""
 
 
 class SessionConfig(BaseModel):
@@ -83,7 +136,7 @@ class SessionConfig(BaseModel):
     model: str | None = None
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
-    voice: str | None = None
+    voice: str | VoiceId | None = None
     speed: float | None = Field(default=None, ge=0.25, le=1.5)
     input_format: AudioFormat | None = None
     output_format: AudioFormat | None = None
@@ -98,6 +151,10 @@ class SessionConfig(BaseModel):
     tracing: Any = None
     truncation: Any = None
     prompt: Any = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning | None = None
+    client_secret: Any = None
+    """The preview's ``client_secret`` (a REST session's key settings): accepted, never shown."""
 
     # ------------------------------------------------------------------ merging
 
@@ -116,6 +173,11 @@ class SessionConfig(BaseModel):
         return name in self.model_fields_set
 
     @property
+    def transcription_only(self) -> bool:
+        """A transcription session: input audio is transcribed, nothing is answered."""
+        return self.type == "transcription"
+
+    @property
     def audio_out(self) -> bool:
         return self.output_modalities is None or "audio" in self.output_modalities
 
@@ -125,20 +187,10 @@ class SessionConfig(BaseModel):
         """The GA ``session`` object (``type`` always present, as the GA service requires)."""
         s = self.model_fields_set
         out: dict[str, Any] = {"type": self.type or "realtime"}
-        for name in (
-            "model",
-            "instructions",
-            "output_modalities",
-            "max_output_tokens",
-            "tools",
-            "tool_choice",
-            "include",
-            "tracing",
-            "truncation",
-            "prompt",
-        ):
+        for name in _GA_TRANSCRIPTION_FIELDS if self.transcription_only else _GA_FIELDS:
             if name in s:
-                out[name] = getattr(self, name)
+                value = getattr(self, name)
+                out[name] = value.render() if isinstance(value, _Strict) else value
         audio_in: dict[str, Any] = {}
         if "input_format" in s and self.input_format:
             audio_in["format"] = dict(_GA_FORMATS[self.input_format])
@@ -156,9 +208,13 @@ class SessionConfig(BaseModel):
         if "output_format" in s and self.output_format:
             audio_out["format"] = dict(_GA_FORMATS[self.output_format])
         if "voice" in s:
-            audio_out["voice"] = self.voice
+            audio_out["voice"] = (
+                self.voice.render() if isinstance(self.voice, VoiceId) else self.voice
+            )
         if "speed" in s:
             audio_out["speed"] = self.speed
+        if self.transcription_only:
+            audio_out = {}  # a transcription session has no output
         audio: dict[str, Any] = {}
         if audio_in:
             audio["input"] = audio_in
@@ -171,22 +227,13 @@ class SessionConfig(BaseModel):
     @classmethod
     def from_ga(cls, session: dict[str, Any], *, strict: bool = False) -> SessionConfig:
         """Read a GA ``session`` object. ``strict`` refuses what the GA service refuses."""
+        transcription_only = session.get("type") == "transcription"
         if strict:
-            _check_keys(session, _GA_TOP, "session")
+            _check_keys(
+                session, _GA_TRANSCRIPTION_TOP if transcription_only else _GA_TOP, "session"
+            )
         data: dict[str, Any] = {}
-        for name in (
-            "type",
-            "model",
-            "instructions",
-            "output_modalities",
-            "max_output_tokens",
-            "tools",
-            "tool_choice",
-            "include",
-            "tracing",
-            "truncation",
-            "prompt",
-        ):
+        for name in ("type", *_GA_FIELDS):
             if name in session:
                 data[name] = session[name]
         audio = session.get("audio")
@@ -194,7 +241,9 @@ class SessionConfig(BaseModel):
             if not isinstance(audio, dict):
                 raise invalid_type("session.audio", "an object", audio)
             if strict:
-                _check_keys(audio, {"input", "output"}, "session.audio")
+                _check_keys(
+                    audio, {"input"} if transcription_only else {"input", "output"}, "session.audio"
+                )
             ain = _object(audio.get("input"), "session.audio.input")
             aout = _object(audio.get("output"), "session.audio.output")
             if strict:
@@ -231,32 +280,30 @@ class SessionConfig(BaseModel):
         """
         s = self.model_fields_set
         out: dict[str, Any] = {}
-        for name in ("model", "instructions", "tools", "tool_choice", "temperature"):
+        for name in ("model", "instructions", "tools", "tool_choice", "temperature", "tracing"):
             if name in s:
                 out[name] = getattr(self, name)
         if "output_modalities" in s and self.output_modalities is not None:
             out["modalities"] = ["text", "audio"] if "audio" in self.output_modalities else ["text"]
         if "voice" in s:
-            out["voice"] = self.voice
+            out["voice"] = self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+        if "speed" in s:
+            out["speed"] = self.speed
         if "input_format" in s:
             out["input_audio_format"] = self.input_format
         if "output_format" in s:
             out["output_audio_format"] = self.output_format
         if "transcription" in s:
-            out["input_audio_transcription"] = (
-                self.transcription.render() if self.transcription else None
+            out["input_audio_transcription"] = _only(
+                self.transcription, _PREVIEW_TRANSCRIPTION_KEYS
             )
         if "turn_detection" in s:
             if self.turn_detection is None:
                 out["turn_detection"] = {"type": "none"} if azure else None
             else:
-                td = self.turn_detection.render()
-                td.pop("idle_timeout_ms", None)
-                out["turn_detection"] = td
+                out["turn_detection"] = _only(self.turn_detection, _PREVIEW_TD_KEYS)
         if "noise_reduction" in s:
-            out["input_audio_noise_reduction"] = (
-                self.noise_reduction.render() if self.noise_reduction else None
-            )
+            out["input_audio_noise_reduction"] = _only(self.noise_reduction, _PREVIEW_NOISE_KEYS)
         if "max_output_tokens" in s:
             out["max_response_output_tokens"] = self.max_output_tokens
         return out
@@ -266,8 +313,21 @@ class SessionConfig(BaseModel):
         """Read a preview ``session`` object. ``strict`` refuses what the preview refuses."""
         if strict:
             _check_keys(session, _PREVIEW_TOP, "session")
+            _check_preview_nested(session)
+            if isinstance(session.get("voice"), dict):  # custom voices are GA's
+                raise invalid_type("session.voice", "a string", session["voice"])
         data: dict[str, Any] = {}
-        for name in ("model", "instructions", "tools", "tool_choice", "temperature", "voice"):
+        for name in (
+            "model",
+            "instructions",
+            "tools",
+            "tool_choice",
+            "temperature",
+            "voice",
+            "speed",
+            "tracing",
+            "client_secret",
+        ):
             if name in session:
                 data[name] = session[name]
         if "modalities" in session:
@@ -286,21 +346,92 @@ class SessionConfig(BaseModel):
             data["noise_reduction"] = session["input_audio_noise_reduction"]
         if "max_response_output_tokens" in session:
             data["max_output_tokens"] = session["max_response_output_tokens"]
-        try:
-            return _validate(data, strict=strict)
-        except ProtocolError as exc:  # named in GA terms: rename for the preview's client
-            error = error_to_preview(exc.to_error())
-            exc.param, exc.message = error["param"], error["message"]
-            exc.args = (exc.message,)
-            raise
+        return _validate_preview(data, strict=strict)
+
+    # ------------------------------------------------------------------ preview transcription
+
+    def to_preview_transcription(self) -> dict[str, Any]:
+        """The preview's transcription session (``transcription_session.updated``): only what
+        openai's preview ``TranscriptionSession`` shows (no ``client_secret`` on a WebSocket)."""
+        s = self.model_fields_set
+        out: dict[str, Any] = {}
+        if "output_modalities" in s and self.output_modalities is not None:
+            out["modalities"] = ["text", "audio"] if "audio" in self.output_modalities else ["text"]
+        if "input_format" in s:
+            out["input_audio_format"] = self.input_format
+        if "transcription" in s:
+            out["input_audio_transcription"] = _only(
+                self.transcription, _PREVIEW_TRANSCRIPTION_KEYS
+            )
+        if "turn_detection" in s:
+            out["turn_detection"] = _only(self.turn_detection, _PREVIEW_TRANSCRIPTION_TD_KEYS)
+        return out
+
+    @classmethod
+    def from_preview_transcription(
+        cls, session: dict[str, Any], *, strict: bool = False
+    ) -> SessionConfig:
+        """Read the preview's ``transcription_session.update`` session (``type`` is
+        ``transcription``). ``strict`` refuses what the preview refuses."""
+        if strict:
+            _check_keys(session, _PREVIEW_TRANSCRIPTION_TOP, "session")
+            _check_preview_nested(session)
+        data: dict[str, Any] = {"type": "transcription"}
+        for name in ("include", "client_secret"):
+            if name in session:
+                data[name] = session[name]
+        if "modalities" in session:
+            data["output_modalities"] = preview_modalities(session["modalities"], "session")
+        if "input_audio_format" in session:
+            data["input_format"] = session["input_audio_format"]
+        if "input_audio_transcription" in session:
+            data["transcription"] = session["input_audio_transcription"]
+        if "turn_detection" in session:
+            td = session["turn_detection"]
+            off = td is None or (isinstance(td, dict) and td.get("type") == "none")
+            data["turn_detection"] = None if off else td
+        if "input_audio_noise_reduction" in session:
+            data["noise_reduction"] = session["input_audio_noise_reduction"]
+        return _validate_preview(data, strict=strict)
 
 
-_GA_TOP = {
-    "type",
+def _validate_preview(data: dict[str, Any], *, strict: bool) -> SessionConfig:
+    try:
+        return _validate(data, strict=strict)
+    except ProtocolError as exc:  # named in GA terms: rename for the preview's client
+        error = error_to_preview(exc.to_error())
+        exc.param, exc.message = error["param"], error["message"]
+        exc.args = (exc.message,)
+        raise
+
+
+def _only(value: BaseModel | None, keys: Any) -> dict[str, Any] | None:
+    """A nested setting rendered with only the fields ``keys`` names (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    out = value.model_dump(mode="json", exclude_unset=True)
+    if "type" in type(value).model_fields and "type" in keys:
+        out["type"] = getattr(value, "type")  # noqa: B009 - not every model has a type
+    return {k: v for k, v in out.items() if k in keys}
+
+
+def _check_preview_nested(session: dict[str, Any]) -> None:
+    """The preview's nested settings know fewer fields than GA's (no ``delay``, ``strength``,
+    ``idle_timeout_ms``): refused by the preview's name."""
+    for key, allowed in (
+        ("input_audio_transcription", _PREVIEW_TRANSCRIPTION_KEYS),
+        ("input_audio_noise_reduction", _PREVIEW_NOISE_KEYS),
+        ("turn_detection", _PREVIEW_TD_KEYS),
+    ):
+        value = session.get(key)
+        if isinstance(value, dict):
+            _check_keys(value, allowed, f"session.{key}")
+
+
+_GA_FIELDS = (
     "model",
     "instructions",
     "output_modalities",
-    "audio",
     "max_output_tokens",
     "tools",
     "tool_choice",
@@ -308,10 +439,15 @@ _GA_TOP = {
     "tracing",
     "truncation",
     "prompt",
-    "object",
-    "id",
-    "expires_at",
-}
+    "parallel_tool_calls",
+    "reasoning",
+)
+"""The GA realtime session's top-level fields that keep their name (``audio`` is nested)."""
+_GA_TRANSCRIPTION_FIELDS = ("include",)
+"""A GA transcription session's (besides ``type`` and ``audio.input``)."""
+_IDENTITY = {"object", "id", "expires_at"}
+_GA_TOP = {"type", "audio", *_GA_FIELDS, *_IDENTITY}
+_GA_TRANSCRIPTION_TOP = {"type", "audio", *_GA_TRANSCRIPTION_FIELDS, *_IDENTITY}
 _PREVIEW_TOP = {
     "model",
     "instructions",
@@ -326,6 +462,21 @@ _PREVIEW_TOP = {
     "max_response_output_tokens",
     "tools",
     "tool_choice",
+    "speed",
+    "tracing",
+    "client_secret",
+    "object",
+    "id",
+    "expires_at",
+}
+_PREVIEW_TRANSCRIPTION_TOP = {
+    "modalities",
+    "input_audio_format",
+    "input_audio_transcription",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "include",
+    "client_secret",
     "object",
     "id",
     "expires_at",
@@ -347,7 +498,7 @@ _GA_FORMAT_NAMES = tuple(_FROM_GA_FORMAT)
 def preview_modalities(mods: Any, where: str) -> list[Any]:
     """A preview ``modalities`` list as GA ``output_modalities`` (``["text", "audio"]`` is
     ``["audio"]``); refused, naming ``{where}.modalities``, when it is not a list of
-    ``"text"``/``"audio"``."""
+    ``"text"``/``"audio"``, or is audio without text (as the preview service refuses it)."""
     param = f"{where}.modalities"
     if not isinstance(mods, list):
         raise invalid_type(param, "an array", mods)
@@ -356,6 +507,12 @@ def preview_modalities(mods: Any, where: str) -> list[Any]:
             raise not_supported(f"{param}[{i}]", mod, ("text", "audio"))
     if not mods:
         return []  # refused by whoever requires one (the engine), in its own words
+    if "audio" in mods and "text" not in mods:  # the preview's audio comes with its text
+        raise invalid_value(
+            param,
+            f"Invalid modalities: {echo(repr(mods))}. Supported combinations are: ['text'] and "
+            "['audio', 'text'].",
+        )
     return ["audio"] if "audio" in mods else ["text"]
 
 
