@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	else \
 	  echo "  one time only: llama-cpp-python compiles from source (about 10 minutes on 2 cores)"; \
 	fi
-	@$(BIN)/pip install -e '.[local,test]' > $(VENV)/install.log 2>&1 & pid=$$!; \
+	@$(BIN)/pip install -e '.[local,webrtc,test]' > $(VENV)/install.log 2>&1 & pid=$$!; \
 	while kill -0 $$pid 2>/dev/null; do \
 	  sleep 15; \
 	  kill -0 $$pid 2>/dev/null && echo "  ... $$(grep -E '^ *(Collecting|Downloading|Building|Installing|Running)' $(VENV)/install.log | tail -n 1 | cut -c1-110)"; \

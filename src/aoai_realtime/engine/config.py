@@ -47,3 +47,8 @@ class EngineConfig:
     1008: a client that sends but does not read cannot make the engine grow."""
     rate_limit_tokens: int = 40_000
     rate_limit_requests: int = 1_000
+    call_connect_timeout_s: float = 5.0
+    """A WebRTC call whose peer has not connected (ICE and DTLS) by then is torn down."""
+    call_media_timeout_s: float = 5.0
+    """A connected WebRTC call whose peer sends no audio for this long is torn down (the peer
+    has gone: ICE consent checks alone take about 30 s to notice)."""

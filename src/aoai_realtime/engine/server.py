@@ -6,7 +6,10 @@ Endpoints:
 * ``GET /v1/realtime?model=NAME`` - OpenAI's path, GA (so the official ``openai`` package works
   with ``base_url``); with the header ``OpenAI-Beta: realtime=v1`` it speaks the preview dialect;
 * ``GET /openai/realtime?api-version=...&deployment=NAME`` - Azure's preview path (WebSocket);
-* ``GET /healthz`` - ``{"status": "ok", ...}``.
+* ``GET /healthz`` - ``{"status": "ok", ...}``;
+* WebRTC: ``POST /openai/v1/realtime/calls`` (and ``/v1/...``) with an SDP offer, the
+  sideband ``GET /openai/v1/realtime?call_id=rtc_...``, ``POST .../calls/{id}/hangup`` and
+  ``POST .../realtime/client_secrets`` (ephemeral keys): see :mod:`~aoai_realtime.engine.calls`.
 
 :meth:`RunningEngine.open_channel` opens the same session without a socket: one end of an
 in-memory :func:`~aoai_realtime.channel.memory_pair` is served here, the other is returned (the
@@ -23,6 +26,7 @@ with ``error`` events, keeping the connection open.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -44,10 +48,12 @@ from .admission import (
     Admission,
     EngineRefusal,
     Query,
-    admit,
     refusal,
 )
 from .brains import Brain, ChatCompletionsBrain, LocalBrain
+from .calls import CallRegistry, sideband
+from .calls import add_routes as add_call_routes
+from .client_secrets import admit_with_secrets
 from .config import DEFAULT_MODEL, EngineConfig
 from .scripted import ScriptedBrain
 from .session import RateLimits, RealtimeSession
@@ -80,6 +86,10 @@ class Engine:
         self.tasks: set[asyncio.Task[None]] = set()
         """The runs of in-memory connections (a socket's run is its aiohttp handler)."""
         self._changed = asyncio.Event()
+        self.calls = CallRegistry(
+            self, lambda channel, admission: Connection(self, channel, admission)
+        )
+        """The WebRTC calls and the client secrets (:mod:`~aoai_realtime.engine.calls`)."""
 
     # ------------------------------------------------------------------ sessions
 
@@ -127,7 +137,10 @@ class Engine:
 
     def connection(self, channel: Channel, admission: Admission) -> Connection:
         """A connection for an admitted handshake, counted from now until its run ends."""
-        conn = Connection(self, channel, admission)
+        return self.adopt(Connection(self, channel, admission))
+
+    def adopt(self, conn: Connection) -> Connection:
+        """Count a connection made elsewhere (a WebRTC call's) until its :meth:`serve` ends."""
         self._add(conn)
         return conn
 
@@ -234,6 +247,7 @@ def create_app(config: EngineConfig, speech_stack: Any = None) -> web.Applicatio
     app.router.add_get("/healthz", healthz)
     for path in REALTIME_PATHS:
         app.router.add_get(path, _realtime_handler(path))
+    add_call_routes(app, ENGINE_KEY)
     return app
 
 
@@ -276,6 +290,12 @@ class RunningEngine:
         return self.app[ENGINE_KEY]
 
     @property
+    def calls(self) -> CallRegistry:
+        """The WebRTC calls and client secrets: ``create`` (an SDP offer in, the answer out),
+        ``hangup``, ``mint``, ``wait_calls``. Call them in the engine's event loop."""
+        return self.engine.calls
+
+    @property
     def sessions(self) -> int:
         """How many sessions the engine holds now (over sockets and in memory)."""
         return self.engine.sessions
@@ -310,9 +330,15 @@ class RunningEngine:
         for name, values in (query or {}).items():
             merged.setdefault(name, []).extend([values] if isinstance(values, str) else values)
         engine = self.engine
-        admission = admit(engine.config, parts.path, merged, headers)
+        if merged.get("call_id") and parts.path.rstrip("/") in (GA_PATH, OPENAI_PATH):
+            return engine.calls.open_sideband(merged, headers)  # a sideband of a WebRTC call
+        admission, secret = admit_with_secrets(
+            engine.config, engine.calls.secrets, parts.path, merged, headers
+        )
         ours, theirs = memory_pair(max_pending)
         conn = engine.connection(ours, admission)
+        if secret is not None and secret.session:
+            await conn.preset_or_report(secret.session)
         task = asyncio.create_task(engine.serve(conn), name="engine memory connection")
         engine.tasks.add(task)
         task.add_done_callback(engine.tasks.discard)
@@ -355,6 +381,7 @@ async def healthz(request: web.Request) -> web.Response:
             "sessions": engine.sessions,
             "brain": engine.brain.name,
             "speech": engine.speech is not None,
+            "calls": len(engine.calls),
             "paths": {
                 "ga": f"{GA_PATH}?model=NAME",
                 "openai": f"{OPENAI_PATH}?model=NAME",
@@ -371,8 +398,12 @@ def _realtime_handler(path: str) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
         engine = request.app[ENGINE_KEY]
         query = {name: request.query.getall(name) for name in request.query}
+        if "call_id" in query and path in (GA_PATH, OPENAI_PATH):
+            return await sideband(request, engine.calls)
         try:
-            admission = admit(engine.config, path, query, request.headers)
+            admission, secret = admit_with_secrets(
+                engine.config, engine.calls.secrets, path, query, request.headers
+            )
         except EngineRefusal as exc:
             return _refused(exc)
         ws = web.WebSocketResponse(
@@ -391,7 +422,10 @@ def _realtime_handler(path: str) -> Callable[[web.Request], Any]:
                 )
             )
         await ws.prepare(request)
-        await engine.serve(engine.connection(AiohttpChannel(ws, binary_as_text=True), admission))
+        conn = engine.connection(AiohttpChannel(ws, binary_as_text=True), admission)
+        if secret is not None and secret.session:
+            await conn.preset_or_report(secret.session)
+        await engine.serve(conn)
         return ws
 
     return handler
@@ -434,6 +468,8 @@ class Connection:
         self.send_budget = engine.config.send_budget_bytes
         self._queued_bytes = 0
         self._not_reading = False
+        self._muted = False
+        self._preset_error: ProtocolError | None = None
         conversation_id = ids.conversation_id()
         self.wire = Wire(admission.dialect, conversation_id=conversation_id)
         config = engine.config
@@ -457,7 +493,7 @@ class Connection:
     def _enqueue(self, event: dict[str, Any]) -> None:
         """Queue one event for the writer. A client that does not read while its unsent events
         pass :attr:`send_budget` bytes is closed (1008): it cannot make the engine grow."""
-        if self._not_reading:
+        if self._not_reading or self._muted:
             return
         frames = self.wire.encode(event)
         size = sum(len(frame) for frame in frames)
@@ -481,11 +517,32 @@ class Connection:
             return
         self.queue.put_nowait(_Out(event, frames, size))
 
+    async def preset(self, session: Mapping[str, Any]) -> None:
+        """Apply a GA session object before the session starts (a WebRTC call's ``session``, a
+        client secret's): checked as a ``session.update`` is, shown by ``session.created``,
+        announced by nothing else. Raises ``ProtocolError`` for what the service refuses."""
+        frame = json.dumps({"type": "session.update", "session": dict(session)})
+        self._muted = True
+        try:
+            await self.session.handle(self.wire.decode(frame))
+        finally:
+            self._muted = False
+
+    async def preset_or_report(self, session: Mapping[str, Any]) -> None:
+        """:meth:`preset`; a refusal is sent as an ``error`` event after ``session.created``
+        (the session goes on with its defaults)."""
+        try:
+            await self.preset(session)
+        except ProtocolError as exc:
+            self._preset_error = exc
+
     async def run(self) -> None:
         model_owner(self.session.session_id)  # its model work queues apart from others'
         writer = asyncio.create_task(self._write(), name="engine writer")
         expiry = asyncio.create_task(self._expire(), name="engine expiry")
         self.session.start()
+        if self._preset_error is not None:
+            self.session.error(self._preset_error)
         try:
             while (text := await self.channel.receive()) is not None:
                 await self._on_frame(text)
@@ -638,6 +695,14 @@ class EngineThread:
         """:meth:`wait_sessions` for a coroutine in any other event loop (that loop runs on)."""
         future = asyncio.run_coroutine_threadsafe(
             self.engine.wait_sessions(count, timeout), self._thread.loop
+        )
+        await asyncio.wrap_future(future)
+
+    async def wait_calls_async(self, count: int, timeout: float = 10.0) -> None:
+        """Wait (from a coroutine in any other event loop) until the engine holds exactly
+        ``count`` WebRTC calls (``TimeoutError`` after ``timeout`` seconds)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.engine.calls.wait_calls(count, timeout), self._thread.loop
         )
         await asyncio.wrap_future(future)
 
