@@ -40,7 +40,14 @@ from openai.types.realtime import (  # noqa: E402
 from openai.types.realtime.session_update_event import Session as GASession  # noqa: E402
 
 from aoai_realtime.audio import b64encode_audio, resample, ulaw_decode, ulaw_encode  # noqa: E402
-from test_openai_contract import DIALECTS, NO_TURN_DETECTION, Peer, connect, url_of  # noqa: E402
+from test_openai_contract import (  # noqa: E402
+    DIALECTS,
+    NO_TURN_DETECTION,
+    Peer,
+    _report,  # noqa: F401 - the contract's tally, printed at this module's end too (with -s)
+    connect,
+    url_of,
+)
 
 # ------------------------------------------------------------------------------ walking the types
 
