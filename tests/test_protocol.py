@@ -583,3 +583,41 @@ def test_valid_client_events_parse() -> None:
     assert isinstance(parsed, ev.ConversationItemCreate)
     assert isinstance(parsed.item, ev.FunctionCallOutputItem)
     assert ev.ResponseCreate().to_dict() == {"type": "response.create"}
+
+
+def test_transcription_sessions_cross_the_dialects() -> None:
+    """A GA transcription session is the preview's transcription_session.* event, both ways;
+    realtime-only fields are not part of its shape."""
+    ga = SessionConfig.from_ga(
+        {
+            "type": "transcription",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcmu"},
+                    "transcription": {"model": "whisper-1", "language": "en"},
+                    "turn_detection": None,
+                }
+            },
+        },
+        strict=True,
+    )
+    with pytest.raises(ProtocolError) as info:
+        SessionConfig.from_ga({"type": "transcription", "instructions": "x"}, strict=True)
+    assert (info.value.code, info.value.param) == ("unknown_parameter", "session.instructions")
+    event = {"type": "session.updated", "event_id": "e1", "session": {**ga.to_ga(), "id": "s"}}
+    [preview] = ga_to_preview_server(event)
+    assert preview["type"] == "transcription_session.updated"
+    assert preview["session"] == {
+        "input_audio_format": "g711_ulaw",
+        "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+        "turn_detection": None,
+        "id": "s",
+    }
+    [back] = preview_to_ga_server(preview)
+    assert back["type"] == "session.updated"
+    assert back["session"]["type"] == "transcription"
+    assert back["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    # a realtime session's turn detection off is echoed as null on the preview
+    off = SessionConfig(turn_detection=None).to_ga()
+    [shown] = ga_to_preview_server({"type": "session.updated", "event_id": "e2", "session": off})
+    assert shown["session"]["turn_detection"] is None
