@@ -15,8 +15,17 @@ for the preview dialect), or takes them as arguments. See ``docs/sdk.md``.
 
 from ._version import __version__
 from .auth import ApiKeyCredential, AuthError, Credential, CredentialLike, EntraIdCredential
+from .calls import (
+    CallAnswer,
+    ClientSecret,
+    RequestFailed,
+    create_call,
+    create_client_secret,
+    hangup_call,
+)
 from .client import (
     AuthenticationError,
+    CallNotFound,
     ConnectError,
     ConnectionClosed,
     DeploymentNotFound,
@@ -42,6 +51,9 @@ __all__ = [
     "ApiKeyCredential",
     "AuthError",
     "AuthenticationError",
+    "CallAnswer",
+    "CallNotFound",
+    "ClientSecret",
     "ConfigError",
     "ConnectError",
     "ConnectionClosed",
@@ -57,6 +69,7 @@ __all__ = [
     "RateLimited",
     "RealtimeClient",
     "RealtimeError",
+    "RequestFailed",
     "ResponseResult",
     "ResponseStream",
     "ServerEvent",
@@ -72,6 +85,9 @@ __all__ = [
     "UnknownEvent",
     "__version__",
     "connect",
+    "create_call",
+    "create_client_secret",
     "events",
+    "hangup_call",
     "tool",
 ]

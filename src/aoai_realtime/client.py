@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar, Union, overload
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
@@ -83,6 +83,7 @@ from .transport import DEFAULT_MAX_MESSAGE_BYTES, HandshakeFailed, open_websocke
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "AuthenticationError",
+    "CallNotFound",
     "ConnectError",
     "ConnectionClosed",
     "DeploymentNotFound",
@@ -97,6 +98,7 @@ __all__ = [
     "SessionResumed",
     "TranscriptionError",
     "connect",
+    "sideband_url",
 ]
 
 log = logging.getLogger("aoai_realtime.client")
@@ -165,6 +167,10 @@ class AuthenticationError(HandshakeError):
 
 class DeploymentNotFound(HandshakeError):
     """404: no realtime deployment (or endpoint path) at that URL."""
+
+
+class CallNotFound(DeploymentNotFound):
+    """404 on attaching to a WebRTC call (``call_id=``): the call has ended or never was."""
 
 
 class RateLimited(HandshakeError):
@@ -241,6 +247,9 @@ class _Target:
     headers: dict[str, str]
     from_url: bool = False
     """Given as ``url=`` (not built from the settings): advice names the URL, not the settings."""
+    call_id: str | None = None
+    """A WebRTC call this client attaches to (the sideband, ``?call_id=``): GA only; the call's
+    session is already running, so there is no ``session.created`` to wait for."""
 
 
 def _as_credential(credential: CredentialLike) -> Credential:
@@ -259,9 +268,32 @@ def _resolve_target(
     url: str | None,
     dialect: DialectName | None,
     headers: Mapping[str, str] | None,
+    call_id: str | None = None,
 ) -> _Target:
     if dialect not in (None, "ga", "preview"):
         raise ValueError(f"dialect must be 'ga' or 'preview' (got {dialect!r})")
+    if call_id is not None:
+        if not call_id.strip():
+            raise ValueError("call_id is empty: pass the id of a WebRTC call (rtc_...)")
+        if dialect == "preview":
+            raise ValueError(
+                "call_id attaches to a WebRTC call, which speaks the GA protocol only: "
+                "leave dialect unset (or 'ga')"
+            )
+        target = _resolve_target(
+            settings,
+            endpoint=endpoint,
+            deployment=deployment or "call",  # the call names its model: any name will do
+            api_key=api_key,
+            credential=credential,
+            api_version=api_version,
+            url=url,
+            dialect="ga",
+            headers=headers,
+        )
+        return dataclasses.replace(
+            target, url=sideband_url(target.url, call_id.strip()), call_id=call_id.strip()
+        )
     extra = dict(headers or {})
     if url is not None:
         ws = realtime_url(url, deployment or "gpt-realtime")
@@ -336,6 +368,26 @@ def _resolve_target(
     )
 
 
+def sideband_url(realtime_url: str, call_id: str) -> str:
+    """The sideband WebSocket URL of a WebRTC call, from any GA realtime URL of that service:
+    ``wss://RES.openai.azure.com/openai/v1/realtime?call_id=rtc_...`` (Azure, the engine, the
+    middle tier), ``wss://api.openai.com/v1/realtime?call_id=...`` (OpenAI). A preview URL
+    (``/openai/realtime``) becomes the GA path; ``model``, ``deployment`` and ``api-version``
+    are dropped (the call names its model), other query parameters are kept."""
+    parts = urlsplit(realtime_url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/openai/realtime"):
+        path = path[: -len("/openai/realtime")] + "/openai/v1/realtime"
+    query = [
+        (k, v)
+        for k, vs in parse_qs(parts.query, keep_blank_values=True).items()
+        for v in vs
+        if k not in ("model", "deployment", "api-version", "call_id")
+    ]
+    query.append(("call_id", call_id))
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
+
+
 def _handshake_headers(target: _Target, auth: Mapping[str, str], request_id: str) -> dict[str, str]:
     """The handshake's headers: auth, request id, and the beta header for OpenAI's preview."""
     headers = {"User-Agent": _USER_AGENT, **target.headers, **auth, REQUEST_ID_HEADER: request_id}
@@ -395,6 +447,13 @@ def _handshake_error(target: _Target, failure: HandshakeFailure) -> HandshakeErr
                 "on the resource"
             )
         return AuthenticationError(msg + trace, **kw)
+    if status == 404 and target.call_id:
+        msg = (
+            f"no WebRTC call {target.call_id!r} at {who} (HTTP 404): the call has ended, or the "
+            "id is not one this endpoint issued (it is the last part of the Location header of "
+            "the POST .../realtime/calls answer)"
+        )
+        return CallNotFound(msg + trace, **kw)
     if status == 404:
         if target.deployment:
             msg = f"deployment {target.deployment!r} not found at endpoint {who} (HTTP 404)"
@@ -840,6 +899,13 @@ class RealtimeClient:
         self._closed = False
         self.close_code = None
         self.close_reason = ""
+        if target.call_id is not None:
+            # A sideband joins a session that is running: nothing announces it; its events
+            # (session.updated included) fold into the conversation as they come.
+            self._reader = asyncio.create_task(
+                self._read_loop(self._ws), name="aoai-realtime-reader"
+            )
+            return
         created = self._wait(
             lambda e: e.type in ("session.created", "error"), self.open_timeout, "session.created"
         )
@@ -972,6 +1038,8 @@ class RealtimeClient:
         if self._user_closed:
             raise ConnectionClosed("the client was closed; open a new one with connect()")
         items = self._restorable(max_items, max_chars)[0] if restore else []
+        if self._target.call_id is not None:
+            items = []  # the call's session still holds its conversation
         self._reconnecting = True
         try:
             return await self._reconnect(items)
@@ -1052,6 +1120,8 @@ class RealtimeClient:
         )
         what = end.describe()
         items, left_out = self._restorable(None, None)
+        if self._target.call_id is not None:
+            items, left_out = [], 0  # re-attaching to the call: its session kept everything
         policy = ResumePolicy(self.resume_budget)
         credential = self._target.credential
         invalidate = getattr(credential, "invalidate", None)
@@ -1966,6 +2036,7 @@ def connect(
     observer: Observer | None = None,
     auto_reconnect: bool = False,
     tool_timeout: float | None = 60.0,
+    call_id: str | None = None,
 ) -> _Connect:
     """Open a realtime session: ``async with connect(...) as rt:`` or ``rt = await connect(...)``.
 
@@ -2004,6 +2075,17 @@ def connect(
     (``client.resume_budget``); the event stream then gets a :class:`SessionResumed` event. Calls
     made meanwhile wait for the new session; calls that were waiting when it ended raise
     :class:`ConnectionClosed`.
+
+    ``call_id``: attach to a running WebRTC call instead of opening a session (the "sideband"
+    a server uses to watch a browser's call, run its tools and update its session): the same
+    endpoint and credential, the URL ``.../openai/v1/realtime?call_id=rtc_...`` (see
+    :func:`sideband_url`; the id is the last part of the ``Location`` header answering ``POST
+    .../realtime/calls``, or :attr:`aoai_realtime.calls.CallAnswer.call_id`). GA only; no
+    deployment is needed. The call's session is running already, so nothing is awaited on
+    connecting; ``session`` and ``tools`` are sent as ``session.update`` as usual, and the
+    call's events arrive as the call goes. The call's audio travels on its WebRTC tracks, not
+    here. A reconnect attaches again without restoring items (the call kept them); an ended
+    call is :class:`CallNotFound` (HTTP 404).
     """
     if model is not None and deployment is not None and model != deployment:
         raise ValueError("pass either deployment= or model= (they name the same thing)")
@@ -2017,6 +2099,7 @@ def connect(
         url=url,
         dialect=dialect,
         headers=headers,
+        call_id=call_id,
     )
 
     async def factory() -> RealtimeClient:
