@@ -711,3 +711,47 @@ def test_the_sdk_names_the_sideband_and_rest_urls_of_each_service() -> None:
     assert rest_url("wss://r.example/openai/realtime?api-version=v&deployment=d", "calls") == (
         "https://r.example/openai/v1/realtime/calls"
     )
+
+
+async def test_an_in_process_engine_takes_calls_and_sidebands_without_http() -> None:
+    """What the middle tier's in-process engine offers: ``calls.create`` (the SDP offer in,
+    the answer out), a sideband over ``open_channel(query={"call_id": ...})``, ``calls.mint``."""
+    from aoai_realtime.engine import EngineRefusal
+    from helpers import memory_engine
+
+    async with memory_engine() as engine:
+        secret = await engine.calls.mint({"session": {"instructions": "Be brief."}})
+        assert secret["value"].startswith("ek_") and secret["session"]["instructions"] == (
+            "Be brief."
+        )
+        peer = Peer()
+        try:
+            answer = await engine.calls.create(
+                await peer.offer(), headers={"Authorization": f"Bearer {secret['value']}"}
+            )
+            await peer.accept(answer.sdp)
+            created = await peer.event("session.created")
+            assert created["session"]["instructions"] == "Be brief."
+            assert engine.sessions == 1 and len(engine.calls) == 1
+            control = await engine.open_channel("/openai/v1/realtime", {"call_id": answer.call_id})
+            await control.send(
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {"type": "realtime", "instructions": "Hi."},
+                    }
+                )
+            )
+            updated = await peer.event("session.updated")
+            assert updated["session"]["instructions"] == "Hi."
+            seen = json.loads(await control.receive() or "{}")
+            assert seen["type"] == "session.updated" and seen["event_id"] == updated["event_id"]
+            with pytest.raises(EngineRefusal) as unknown:
+                await engine.open_channel("/openai/v1/realtime", {"call_id": "rtc_nope"})
+            assert (unknown.value.status, unknown.value.code) == (404, "call_id_not_found")
+            await engine.calls.hangup(answer.call_id)
+            assert await control.receive() is None  # the sideband ends with the call
+            await engine.calls.wait_calls(0)
+            assert engine.sessions == 0
+        finally:
+            await peer.close()
