@@ -414,8 +414,10 @@ def test_demo_tools() -> None:
         convert_units(1, "parsec", "km")
     now = current_time("Europe/Paris")
     assert now["timezone"] == "Europe/Paris" and now["utc_offset"] in ("+01:00", "+02:00")
-    with pytest.raises(ValueError, match="Europe/Paris"):
-        current_time("Paris")
+    assert current_time("Paris")["timezone"] == "Europe/Paris"  # a city that names its zone
+    assert current_time("new york")["timezone"] == "America/New_York"
+    with pytest.raises(ValueError, match="America/Argentina/Buenos_Aires"):
+        current_time("Argentina")  # several zones: the error suggests them
     schemas = {t.name: t.schema() for t in demo_tools()}
     assert schemas["convert_units"]["parameters"]["required"] == ["value", "from_unit", "to_unit"]
     assert schemas["current_time"]["parameters"]["properties"]["timezone"]["type"] == "string"

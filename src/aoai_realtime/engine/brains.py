@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from . import toolcalls
 from .speech.llm import DEFAULT_SYSTEM_PROMPT
 from .workers import SharedSpeech
 
@@ -211,7 +212,9 @@ def _merge_same_role(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class LocalBrain:
     """SmolLM2 135M Instruct on the CPU, shared by every session (one generation at a time).
 
-    Too small to call tools reliably: it answers in text and ignores ``tools``. A session's
+    With function tools it first decides whether to call one (``engine/toolcalls.py``: the
+    tool is chosen by how well its description explains the request, and the arguments are
+    written under a grammar made from the tool's JSON schema). A session's
     reply is capped at ``default_max_tokens`` unless the client asks for fewer, and it reads
     the recent conversation only (2 to 17 items, see :func:`history_window`): its start moves
     rarely and then keeps little, so most turns reuse the cached prompt and the others read
@@ -234,16 +237,37 @@ class LocalBrain:
 
     async def reply(self, request: BrainRequest) -> AsyncIterator[BrainEvent]:
         messages = chat_messages(request, tool_messages=False, window=self.history_window)
+        call = await self._tool_call(request, messages)
+        if call is not None:
+            yield call
+            yield BrainFinish(
+                "stop",
+                await self.speech.count_tokens(
+                    "\n".join(str(m.get("content") or "") for m in messages)
+                ),
+                await self.speech.count_tokens(call.arguments),
+            )
+            return
+        options: dict[str, Any] = {}
+        answer = _answer_with_results(request)
+        if answer is not None:  # say what the functions returned
+            request, facts, grammar = answer
+            messages = chat_messages(request, tool_messages=False, window=self.history_window)
+            at = 1 if messages and messages[0]["role"] == "system" else 0
+            messages.insert(at, {"role": "system", "content": facts})  # after the instructions
+            options = {"grammar": grammar, "examples": False}
         if len(messages) == 0 or messages[-1]["role"] == "assistant":
             messages.append({"role": "user", "content": "Please continue."})
         limit = self.default_max_tokens
         if request.max_output_tokens is not None:
             limit = min(limit, request.max_output_tokens)
         temperature = 0.7 if request.temperature is None else request.temperature
+        if answer is not None:
+            temperature = 0.0  # the facts, said the likeliest way
         text = ""
         started = time.perf_counter()
         first = 0.0
-        async for piece in self.speech.stream_reply(messages, limit, temperature):
+        async for piece in self.speech.stream_reply(messages, limit, temperature, **options):
             if not text:
                 first = time.perf_counter() - started
             text += piece
@@ -263,8 +287,86 @@ class LocalBrain:
         hit_limit = request.max_output_tokens is not None and output_tokens >= limit
         yield BrainFinish("length" if hit_limit else "stop", input_tokens, output_tokens)
 
+    async def _tool_call(
+        self, request: BrainRequest, messages: list[dict[str, Any]]
+    ) -> FunctionCall | None:
+        """The function call this response makes, if any (see ``engine/toolcalls.py``).
+
+        Under ``auto`` the brain considers a call only when the user spoke last (after a
+        function's output it answers with the result); ``required`` and a named function call
+        every time, as on the service.
+        """
+        tools = toolcalls.function_tools(request.tools, request.tool_names)
+        if not tools:
+            return None
+        forced = request.tool_choice == "required" or isinstance(request.tool_choice, dict)
+        last = request.history[-1] if request.history else None
+        heard = last.text if last is not None and last.type == "message" else ""
+        if not forced and not (last is not None and last.role == "user" and heard.strip()):
+            return None
+        if not heard.strip():
+            heard = next(
+                (h.text for h in reversed(request.history) if h.role == "user" and h.text), ""
+            )
+        started = time.perf_counter()
+        decision = await toolcalls.decide(
+            self.speech.score_contexts, tools, heard, request.tool_choice
+        )
+        if decision.name is None:
+            log.debug("local model: no tool (best margin %.1f)", decision.margin)
+            return None
+        tool = next(t for t in tools if t.get("name") == decision.name)
+        conversation = [m for m in messages if m["role"] != "system"]
+        arguments = await toolcalls.write_arguments(
+            self.speech.complete_json, tool, conversation, heard
+        )
+        if arguments is None and forced:  # a call was asked for: make it anyway
+            arguments = {}
+        log.debug(
+            "local model: tool %s (margin %.1f) arguments %s in %.0f ms",
+            decision.name,
+            decision.margin,
+            arguments,
+            (time.perf_counter() - started) * 1000,
+        )
+        if arguments is None:
+            return None
+        return FunctionCall(decision.name, json.dumps(arguments, ensure_ascii=False))
+
     async def aclose(self) -> None:
         return None
+
+
+def _answer_with_results(request: BrainRequest) -> tuple[BrainRequest, str, str | None] | None:
+    """When a response follows function outputs (after the user's last words): the request
+    without the calls, the outputs stated as facts, and a grammar that keeps the answer's
+    numbers to those in the outputs and the user's words. A 135M model reads a JSON result
+    badly and makes up numbers; told the facts up front and held to their numbers, it says
+    them ("The current time in Tokyo is 22:53")."""
+    history = request.history
+    last_user = max(
+        (i for i, h in enumerate(history) if h.type == "message" and h.role == "user"),
+        default=-1,
+    )
+    tail = history[last_user + 1 :]
+    outputs = [h for h in tail if h.type == "function_call_output"]
+    if not outputs or any(h.type == "message" and h.role == "assistant" for h in tail):
+        return None
+    names = {h.call_id: h.name for h in history if h.type == "function_call"}
+    facts = " ".join(
+        toolcalls.result_facts(names.get(h.call_id) or "function", h.output) for h in outputs
+    )
+    heard = history[last_user].text if last_user >= 0 else ""
+    numbers = toolcalls.result_numbers(heard, *(h.output for h in outputs))
+    trimmed = BrainRequest(
+        instructions=request.instructions,
+        history=history[: last_user + 1],
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        max_output_tokens=request.max_output_tokens,
+        temperature=request.temperature,
+    )
+    return trimmed, facts + " Answer with these facts.", toolcalls.numbers_grammar(numbers)
 
 
 # ---------------------------------------------------------------------------- chat completions

@@ -225,16 +225,44 @@ class SharedSpeech:
         max_tokens: int,
         temperature: float,
         stop: list[str] | None = None,
+        **options: Any,
     ) -> AsyncIterator[str]:
-        """Text pieces of the local model's reply; one generation at a time across sessions."""
+        """Text pieces of the local model's reply; one generation at a time across sessions.
+        ``options`` go to the model's ``stream_reply`` (``grammar``, ``examples``)."""
         llm = self.llm
         return _stream_in(
             self._llm,
             lambda: llm.stream_reply(
-                messages, max_tokens=max_tokens, temperature=temperature, stop=stop
+                messages, max_tokens=max_tokens, temperature=temperature, stop=stop, **options
             ),
             max_ahead=LLM_MAX_AHEAD,
         )
+
+    async def score_contexts(self, contexts: list[str], text: str) -> list[Any]:
+        """Per-token log-probabilities of ``text`` after each context (choosing a tool)."""
+        loop = asyncio.get_running_loop()
+        result: list[Any] = await loop.run_in_executor(
+            self._llm, lambda: self._context_scorer().score(contexts, text)
+        )
+        return result
+
+    def _context_scorer(self) -> Any:
+        """The model's :class:`~.speech.llm.ContextScorer`, made on first use (LLM thread)."""
+        scorer = getattr(self, "_scorer", None)
+        if scorer is None:
+            from .speech.llm import ContextScorer
+
+            scorer = self._scorer = ContextScorer(self.llm)
+        return scorer
+
+    async def complete_json(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> str:
+        """The local model's JSON reply under ``schema``'s grammar (a tool call's arguments)."""
+        llm = self.llm
+        loop = asyncio.get_running_loop()
+        text: str = await loop.run_in_executor(
+            self._llm, lambda: llm.complete_json(messages, schema)
+        )
+        return text
 
     async def count_tokens(self, text: str) -> int:
         llm = self.llm

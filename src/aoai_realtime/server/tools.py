@@ -31,12 +31,19 @@ def current_time(timezone: str) -> dict[str, Any]:
     day it is somewhere.
 
     Args:
-        timezone: IANA time zone name, e.g. Europe/Paris, America/New_York, Asia/Tokyo or UTC.
+        timezone: IANA time zone name, e.g. Europe/Paris, America/New_York, Asia/Tokyo or UTC,
+            or a city that names its zone (Tokyo, New York).
     """
     name = timezone.strip() or "UTC"
     try:
         zone = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        zone = None
+    if zone is None:
+        city = _zone_of_city(name)
+        if city is not None:
+            name, zone = city, ZoneInfo(city)
+    if zone is None:
         matches = _zone_suggestions(name)
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
         raise ValueError(
@@ -44,14 +51,21 @@ def current_time(timezone: str) -> dict[str, Any]:
         ) from None
     now = _dt.datetime.now(zone)
     offset = now.strftime("%z")
-    return {
-        "timezone": name,
-        "iso": now.isoformat(timespec="seconds"),
-        "date": now.strftime("%A %d %B %Y"),
+    return {  # what a voice answer says first comes first
         "time": now.strftime("%H:%M"),
-        "utc_offset": f"{offset[:3]}:{offset[3:]}" if offset else "+00:00",
+        "date": now.strftime("%A %d %B %Y"),
+        "timezone": name,
         "abbreviation": now.tzname(),
+        "utc_offset": f"{offset[:3]}:{offset[3:]}" if offset else "+00:00",
     }
+
+
+def _zone_of_city(name: str) -> str | None:
+    """The one IANA zone whose city part is ``name`` (``Tokyo``: Asia/Tokyo), if exactly one."""
+    key = name.strip().lower().replace(" ", "_")
+    found = [z for z in available_timezones() if z.lower().rsplit("/", 1)[-1] == key]
+    canonical = [z for z in found if not z.startswith(("Etc/", "SystemV/", "US/"))]
+    return canonical[0] if len(canonical) == 1 else None
 
 
 def _zone_suggestions(name: str, limit: int = 3) -> list[str]:

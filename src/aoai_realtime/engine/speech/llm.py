@@ -134,6 +134,9 @@ class LocalLanguageModel:
         max_tokens: int = 200,
         temperature: float = 0.7,
         stop: list[str] | None = None,
+        *,
+        grammar: str | None = None,
+        examples: bool = True,
     ) -> Generator[str, None, None]:
         """Yield the reply to an OpenAI-style conversation as text deltas.
 
@@ -143,17 +146,67 @@ class LocalLanguageModel:
         turns are dropped if the conversation does not fit the context with ``max_tokens`` to
         spare. Messages are checked now (``ValueError``), generation starts at the first
         ``next()``. Stop iterating and close the iterator to stop generating at once.
+        ``grammar`` (GBNF text) constrains the reply; ``examples=False`` leaves the example
+        exchanges out (they are about answering without tools).
         """
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        chat = self._prepare(messages, max_tokens)
-        return self._generate(chat, max_tokens, temperature, stop)
+        chat = self._prepare(messages, max_tokens, examples=examples)
+        compiled = self._gbnf(grammar) if grammar else None
+        return self._generate(chat, max_tokens, temperature, stop, compiled)
 
     def reply(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
         """The whole reply as one string (see :meth:`stream_reply`)."""
         return "".join(self.stream_reply(messages, **kwargs)).strip()
 
-    def _prepare(self, messages: list[dict[str, str]], max_tokens: int) -> list[dict[str, str]]:
+    def complete_json(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int = 80
+    ) -> str:
+        """A JSON value that ``schema`` accepts, written greedily as the reply to ``messages``.
+
+        Decoding is constrained by a grammar that llama.cpp builds from the JSON schema, so the
+        text always parses and has the schema's shape (required keys, types, enums); a schema
+        the converter cannot read falls back to any JSON object. ``messages`` are used as
+        given (no default system prompt, no examples). ``max_tokens`` bounds a runaway string.
+        """
+        chat = [
+            {"role": _ROLES.get(str(m.get("role")), "user"), "content": str(m.get("content") or "")}
+            for m in messages
+        ]
+        grammar = self._grammar(schema)
+        with self._lock:
+            out = self._llm.create_chat_completion(
+                messages=chat, max_tokens=max_tokens, temperature=0.0, grammar=grammar
+            )
+        return str(out["choices"][0]["message"]["content"] or "").strip()
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        """The grammar of ``schema`` (any JSON object if the converter cannot read it)."""
+        import json
+
+        llama_grammar: Any = require("llama_cpp.llama_grammar")
+        key = json.dumps(schema, sort_keys=True)
+        try:
+            text = llama_grammar.json_schema_to_gbnf(key)
+        except Exception:  # a schema feature the converter does not know
+            text = llama_grammar.json_schema_to_gbnf(json.dumps({"type": "object"}))
+        return self._gbnf(text)
+
+    def _gbnf(self, text: str) -> Any:
+        """A compiled GBNF grammar, from a small cache (tools and results repeat)."""
+        cache: dict[str, Any] = self.__dict__.setdefault("_grammars", {})
+        grammar = cache.pop(text, None)
+        if grammar is None:
+            llama_grammar: Any = require("llama_cpp.llama_grammar")
+            grammar = llama_grammar.LlamaGrammar.from_string(text, verbose=False)
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+        cache[text] = grammar
+        return grammar
+
+    def _prepare(
+        self, messages: list[dict[str, str]], max_tokens: int, *, examples: bool = True
+    ) -> list[dict[str, str]]:
         chat: list[dict[str, str]] = []
         for i, message in enumerate(messages):
             role = _ROLES.get(str(message.get("role")))
@@ -169,7 +222,8 @@ class LocalLanguageModel:
             system = [{"role": "system", "content": self.system_prompt}]
         else:  # the template expects one system message, first
             system = [{"role": "system", "content": "\n\n".join(m["content"] for m in system)}]
-        system += self.examples
+        if examples:
+            system += self.examples
         budget = self.n_ctx - max_tokens - 8
         used = sum(self._message_tokens(m) for m in system)
         kept: list[dict[str, str]] = []
@@ -190,6 +244,7 @@ class LocalLanguageModel:
         max_tokens: int,
         temperature: float,
         stop: list[str] | None,
+        grammar: Any = None,
     ) -> Generator[str, None, None]:
         with self._lock:
             stream = self._llm.create_chat_completion(
@@ -200,6 +255,7 @@ class LocalLanguageModel:
                 repeat_penalty=1.1,
                 stop=stop or [],
                 stream=True,
+                grammar=grammar,
             )
             try:
                 for chunk in stream:
@@ -211,3 +267,147 @@ class LocalLanguageModel:
 
     def __repr__(self) -> str:
         return f"LocalLanguageModel(n_ctx={self.n_ctx}, n_threads={self.n_threads})"
+
+
+class ContextScorer:
+    """Per-token log-probabilities of one text after each of several contexts, in one batch.
+
+    Used to choose a function tool (see ``engine/toolcalls.py``): how much likelier the user's
+    words are after a tool's description than after a neutral start. It runs on a second
+    llama.cpp context of the already loaded model (the weights are shared; the context costs a
+    few MB of KV cache), so the chat context and its cached prompt are left alone. Each context
+    text keeps its own KV sequence between calls (``max_contexts`` of them, the least recently
+    used dropped first), so a call evaluates only the text, for every context at once.
+
+    Not thread-safe: call it from one thread at a time (the engine's LLM queue).
+    """
+
+    def __init__(
+        self,
+        model: LocalLanguageModel,
+        *,
+        max_contexts: int = 10,
+        max_text_tokens: int = 40,
+        max_outputs: int = 80,
+        n_ctx: int = 1536,
+    ) -> None:
+        internals: Any = require("llama_cpp._internals")
+        self._ll: Any = require("llama_cpp.llama_cpp")
+        llm = model._llm
+        params = self._ll.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_ctx
+        params.n_ubatch = 512
+        params.n_seq_max = max_contexts
+        params.kv_unified = True
+        params.n_threads = model.n_threads
+        params.n_threads_batch = model.n_threads
+        self._ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=1, verbose=False)
+        self._n_vocab = llm.n_vocab()
+        self._tokenize = llm.tokenize
+        self.max_contexts = max_contexts
+        self.max_text_tokens = max_text_tokens
+        self.max_outputs = max_outputs
+        self._budget = n_ctx // max_contexts  # KV cells a context and the text may use
+        # context text -> (sequence id, its token count, log-probabilities of the next token)
+        self._seqs: dict[str, tuple[int, int, Any]] = {}
+
+    def tokens(self, text: str) -> list[int]:
+        """``text`` as the scorer reads it (no BOS), cut to its last ``max_text_tokens``."""
+        toks = list(self._tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return toks[-self.max_text_tokens :]
+
+    def score(self, contexts: Sequence[str], text: str) -> list[Any]:
+        """For each context, an array of ``log P(token_i | context, tokens before i)``."""
+        np = require("numpy")
+        toks = self.tokens(text)
+        if not toks:
+            return [np.zeros(0, dtype=np.float32) for _ in contexts]
+        rows_per_context = len(toks) - 1  # the last token predicts nothing we need
+        targets = np.array(toks[1:], dtype=np.int64)
+        # A few contexts at a time: llama.cpp keeps an output buffer as large as the most
+        # logits a batch asked for (n_vocab floats each), so small groups keep it small.
+        group = max(1, min(self.max_contexts, self.max_outputs // max(1, rows_per_context)))
+        out = []
+        for start in range(0, len(contexts), group):
+            names = contexts[start : start + group]
+            part = [self._sequence(c, pinned=names) for c in names]
+            log_probs = self._decode_text(np, part, toks) if rows_per_context else None
+            for k, (_, _, first) in enumerate(part):
+                values = [float(first[toks[0]])]
+                if log_probs is not None:
+                    block = log_probs[k * rows_per_context : (k + 1) * rows_per_context]
+                    values += block[np.arange(rows_per_context), targets].tolist()
+                out.append(np.array(values, dtype=np.float32))
+        return out
+
+    def _decode_text(self, np: Any, seqs: list[tuple[int, int, Any]], toks: list[int]) -> Any:
+        """Log-probabilities after each token of ``toks`` but the last, in each sequence."""
+        batch = self._batch.batch
+        batch.n_tokens = 0
+        for seq, n_prefix, _ in seqs:
+            for i, tok in enumerate(toks):
+                j = batch.n_tokens
+                batch.token[j] = tok
+                batch.pos[j] = n_prefix + i
+                batch.seq_id[j][0] = seq
+                batch.n_seq_id[j] = 1
+                batch.logits[j] = i < len(toks) - 1
+                batch.n_tokens += 1
+        try:
+            self._ctx.decode(self._batch)
+            logits = np.ctypeslib.as_array(
+                self._ll.llama_get_logits(self._ctx.ctx),
+                shape=(len(seqs) * (len(toks) - 1), self._n_vocab),
+            )
+            return _log_softmax_rows(np, logits)
+        finally:
+            for seq, n_prefix, _ in seqs:  # forget the text, keep the context
+                self._ll.llama_memory_seq_rm(self._ctx.memory, seq, n_prefix, -1)
+
+    def _sequence(self, context: str, pinned: Sequence[str]) -> tuple[int, int, Any]:
+        """The KV sequence holding ``context`` (evaluated now if it is not cached)."""
+        np = require("numpy")
+        found = self._seqs.pop(context, None)
+        if found is not None:
+            self._seqs[context] = found  # most recently used last
+            return found
+        used = {seq for seq, _, _ in self._seqs.values()}
+        free = [s for s in range(self.max_contexts) if s not in used]
+        if not free:
+            victim = next(c for c in self._seqs if c not in pinned)
+            seq = self._seqs.pop(victim)[0]
+            self._ll.llama_memory_seq_rm(self._ctx.memory, seq, 0, -1)
+        else:
+            seq = free[0]
+        toks = list(self._tokenize(context.encode("utf-8"), add_bos=True, special=False))
+        room = self._budget - self.max_text_tokens
+        if len(toks) > room:  # keep BOS and the end, which leads into the text
+            toks = toks[:1] + toks[len(toks) - room + 1 :]
+        batch = self._batch.batch
+        batch.n_tokens = 0
+        for i, tok in enumerate(toks):
+            batch.token[i] = tok
+            batch.pos[i] = i
+            batch.seq_id[i][0] = seq
+            batch.n_seq_id[i] = 1
+            batch.logits[i] = i == len(toks) - 1
+            batch.n_tokens += 1
+        self._ctx.decode(self._batch)
+        last = np.ctypeslib.as_array(
+            self._ll.llama_get_logits_ith(self._ctx.ctx, -1), shape=(1, self._n_vocab)
+        )
+        entry = (seq, len(toks), _log_softmax_rows(np, last)[0].copy())
+        self._seqs[context] = entry
+        return entry
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()
+
+
+def _log_softmax_rows(np: Any, logits: Any) -> Any:
+    top = logits.max(axis=1, keepdims=True)
+    shifted = logits - top
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -1,0 +1,312 @@
+"""How the local brain calls function tools: first which tool (or none), then its arguments.
+
+SmolLM2 135M cannot be asked "which tool?" and trusted: asked directly it picked the right tool
+for 9 of 20 requests. It is a fair judge of how *likely* a sentence is, though, so the choice
+is made the other way round (a noisy channel): for each tool, how much likelier are the user's
+words after the tool's description than after a start that needs no tool? The tool whose
+description explains the words best wins, if it explains them by a clear margin over every
+no-tool start (:data:`NO_TOOL_CONTEXTS`); otherwise the brain answers in words. One batch of the
+user's words, scored after every description at once (:class:`~.speech.llm.ContextScorer`),
+costs tens of milliseconds.
+
+The arguments are then written by the same model under a grammar that llama.cpp builds from
+the tool's JSON schema, so they always parse and have the schema's shape. Free-text strings may
+only be runs of the user's own words: asked to write a city freely, the 135M model wrote
+"UTC+03:59" for London; made to pick among the words it heard, it copies "London". A call whose
+required numbers are not ones the user said is dropped in favour of an answer.
+
+``tool_choice`` is honoured as the service does: ``none`` never calls, ``required`` always
+calls (the best tool, no margin needed), a named function calls that one. At most one call is
+made per response, which ``parallel_tool_calls`` allows either way.
+
+Everything here but :func:`decide` and :func:`write_arguments`' model call is pure, so the
+rules are tested without a model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "NO_TOOL_CONTEXTS",
+    "TOOL_MARGIN",
+    "ToolDecision",
+    "arguments_messages",
+    "choose",
+    "constrained_schema",
+    "decide",
+    "grounded",
+    "parse_arguments",
+    "spans",
+    "tool_context",
+    "write_arguments",
+]
+
+NO_TOOL_CONTEXTS: tuple[str, ...] = (
+    "A question:",
+    "Small talk with a friend:",
+    "A general knowledge question:",
+    "A request to a chatbot:",
+)
+"""Starts after which a request needs no tool. The words must be likelier after a tool's
+description than after the likeliest of these, by :data:`TOOL_MARGIN`, for a call."""
+
+TOOL_MARGIN = 2.0
+"""How much likelier (natural log, summed over the request's tokens) the request must be after
+the best tool's description than after every no-tool start. Chosen on a development set of 30
+requests (benchmarks/bench_tools.py reports it on others)."""
+
+MAX_STRING_LENGTH = 80
+"""Longest string argument the grammar lets the model write (unless the schema says less)."""
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class ToolDecision:
+    """Which tool to call (``None``: answer in words) and the margins it was chosen by."""
+
+    name: str | None
+    margin: float = 0.0
+    margins: dict[str, float] = field(default_factory=dict)
+
+
+def function_tools(tools: Sequence[dict[str, Any]], allowed: Sequence[str]) -> list[dict[str, Any]]:
+    """The function tools named in ``allowed``, in the session's order."""
+    wanted = set(allowed)
+    return [
+        t
+        for t in tools
+        if t.get("type", "function") == "function" and t.get("name") in wanted and t.get("name")
+    ]
+
+
+def tool_context(tool: dict[str, Any]) -> str:
+    """The text a request is scored after, for one tool: its name, description and inputs."""
+    words = str(tool.get("name", "")).replace("_", " ").replace("-", " ").strip()
+    description = " ".join(str(tool.get("description") or "").split())
+    if len(description) > 200:  # the first sentence or so says what the tool is for
+        description = description[:200].rsplit(" ", 1)[0] + "..."
+    props = (tool.get("parameters") or {}).get("properties") or {}
+    needs = ", ".join(str(k).replace("_", " ") for k in list(props)[:6])
+    text = f"The {words} tool: {description}" if description else f"The {words} tool."
+    if needs:
+        text += f" It needs: {needs}."
+    return f"{text}\nA question for the {words} tool:"
+
+
+def choose(
+    no_tool: Sequence[float],
+    tools: dict[str, float],
+    tool_choice: str | dict[str, Any],
+    margin: float = TOOL_MARGIN,
+) -> ToolDecision:
+    """The decision from summed log-probabilities: of the request after each no-tool start
+    (``no_tool``) and after each tool's description (``tools``, by name)."""
+    if not tools:
+        return ToolDecision(None)
+    base = max(no_tool) if no_tool else 0.0
+    margins = {name: score - base for name, score in tools.items()}
+    best = max(margins, key=lambda n: margins[n])
+    if tool_choice == "required" or isinstance(tool_choice, dict):
+        return ToolDecision(best, margins[best], margins)
+    if margins[best] > margin:
+        return ToolDecision(best, margins[best], margins)
+    return ToolDecision(None, margins[best], margins)
+
+
+async def decide(
+    score: Callable[[list[str], str], Awaitable[list[Any]]],
+    tools: Sequence[dict[str, Any]],
+    request_text: str,
+    tool_choice: str | dict[str, Any],
+    margin: float = TOOL_MARGIN,
+) -> ToolDecision:
+    """Choose a tool for ``request_text`` (``score``: contexts and text to per-token
+    log-probabilities, e.g. a :class:`~.speech.llm.ContextScorer` run on the model's thread)."""
+    tools = [t for t in tools if t.get("name")]
+    if not tools or tool_choice == "none":
+        return ToolDecision(None)
+    if len(tools) == 1 and (tool_choice == "required" or isinstance(tool_choice, dict)):
+        return ToolDecision(str(tools[0]["name"]))
+    contexts = list(NO_TOOL_CONTEXTS) + [tool_context(t) for t in tools]
+    scores = await score(contexts, " " + request_text.strip())
+    sums = [float(s.sum()) for s in scores]
+    n = len(NO_TOOL_CONTEXTS)
+    by_tool = {str(t["name"]): sums[n + i] for i, t in enumerate(tools)}
+    return choose(sums[:n], by_tool, tool_choice, margin)
+
+
+def spans(text: str, longest: int = 4, most: int = 120) -> list[str]:
+    """Runs of 1 to ``longest`` consecutive words of ``text``, as written (``most`` at most)."""
+    words = [w.strip('.,!?;:"()[]{}') for w in text.split()]
+    words = [w for w in words if w]
+    out: list[str] = []
+    for n in range(1, longest + 1):
+        for i in range(len(words) - n + 1):
+            span = " ".join(words[i : i + n])
+            if span not in out:
+                out.append(span)
+    return out[:most]
+
+
+def constrained_schema(schema: dict[str, Any] | None, heard: str) -> dict[str, Any]:
+    """The tool's parameter schema as the grammar should enforce it for this request.
+
+    Free-text strings (no ``enum``, ``const``, ``format`` or ``pattern``) may only be words the
+    user said (:func:`spans`), so a tiny model copies a value instead of inventing one; other
+    strings are bounded in length. A missing or empty schema means an object of any keys, as
+    the service reads it.
+    """
+    if not isinstance(schema, dict) or not schema:
+        return {"type": "object"}
+    out = copy.deepcopy(schema)
+    choices = spans(heard)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string" and not any(
+                k in node for k in ("enum", "const", "format", "pattern")
+            ):
+                if choices:
+                    node["enum"] = choices
+                    node.pop("maxLength", None)
+                    node.pop("minLength", None)
+                else:
+                    node["maxLength"] = min(int(node.get("maxLength", MAX_STRING_LENGTH)), 200)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(out)
+    return out
+
+
+def arguments_messages(
+    tool: dict[str, Any], conversation: Sequence[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """What the model reads to write the arguments: the function, then the conversation."""
+    props = (tool.get("parameters") or {}).get("properties") or {}
+    required = set((tool.get("parameters") or {}).get("required") or [])
+    lines = []
+    for key, spec in list(props.items())[:12]:
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type", "value")
+        note = " ".join(str(spec.get("description") or "").split())[:160]
+        if spec.get("enum"):
+            note = (note + " One of: " + ", ".join(map(str, spec["enum"][:12]))).strip()
+        optional = "" if key in required else ", optional"
+        lines.append(f"- {key} ({kind}{optional}){': ' + note if note else ''}")
+    system = (
+        f"You call the function {tool.get('name')}: "
+        f"{' '.join(str(tool.get('description') or '').split())[:300]}\n"
+        + ("Its arguments:\n" + "\n".join(lines) + "\n" if lines else "")
+        + "Reply with the arguments as JSON. Copy the values from the user's words, "
+        'for example "Find sushi in Lyon" gives {"city": "Lyon", "food": "sushi"}.'
+    )
+    turns = [
+        {"role": str(m["role"]), "content": str(m.get("content") or "")}
+        for m in conversation
+        if m.get("role") in ("user", "assistant") and m.get("content")
+    ][-4:]
+    return [{"role": "system", "content": system}, *turns]
+
+
+def parse_arguments(text: str) -> dict[str, Any] | None:
+    """The arguments as an object, or ``None`` if ``text`` is not a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def grounded(arguments: dict[str, Any], schema: dict[str, Any], heard: str) -> bool:
+    """Whether every required number is one the user said (when the user said any number):
+    a tiny model that finds no value invents one."""
+    props = (schema.get("properties") or {}) if isinstance(schema, dict) else {}
+    required = (schema.get("required") or []) if isinstance(schema, dict) else []
+    said = {float(n) for n in _NUMBER.findall(heard.replace(",", ""))}
+    if not said:
+        return True
+    for key in required:
+        found = props.get(key)
+        spec: dict[str, Any] = found if isinstance(found, dict) else {}
+        value = arguments.get(key)
+        if spec.get("enum") or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if float(value) not in said:
+            return False
+    return True
+
+
+async def write_arguments(
+    complete: Callable[[list[dict[str, str]], dict[str, Any]], Awaitable[str]],
+    tool: dict[str, Any],
+    conversation: Sequence[dict[str, Any]],
+    heard: str,
+) -> dict[str, Any] | None:
+    """The call's arguments for the request ``heard``, written by the model (``complete``:
+    messages and a JSON schema to the JSON text), or ``None`` when they do not hold."""
+    schema = constrained_schema(tool.get("parameters"), heard)
+    text = await complete(arguments_messages(tool, conversation), schema)
+    arguments = parse_arguments(text)
+    if arguments is None or not grounded(arguments, schema, heard):
+        return None
+    return arguments
+
+
+# ---------------------------------------------------------------------------- answering with a result
+
+_RESULT_NUMBER = re.compile(r"\d+(?:[.:]\d+)*")
+
+
+def result_facts(name: str, output: str) -> str:
+    """A function's output as a line a small model can read: ``key: value; key: value``."""
+    try:
+        value = json.loads(output)
+    except ValueError:
+        value = output
+    pairs: list[str] = []
+
+    def add(prefix: str, item: Any) -> None:
+        if isinstance(item, dict):
+            for k, v in list(item.items())[:20]:
+                add(f"{prefix} {k}".strip(), v)
+        elif isinstance(item, list):
+            pairs.append(f"{prefix}: {', '.join(map(str, item[:10]))}")
+        else:
+            pairs.append(f"{prefix}: {item}" if prefix else str(item))
+
+    add("", value)
+    text = "; ".join(p.replace("_", " ") for p in pairs)[:600]
+    return f"The {name.replace('_', ' ')} tool answered the user's question: {text}."
+
+
+def result_numbers(*texts: str) -> list[str]:
+    """Numbers an answer may say: those in the texts, with decimals also rounded (6.21371:
+    6.2, 6.21 and 6), longest first so the grammar prefers the whole number."""
+    found: set[str] = set()
+    for text in texts:
+        for number in _RESULT_NUMBER.findall(text):
+            found.add(number)
+            if number.count(".") == 1 and ":" not in number:
+                f = float(number)
+                found.update({f"{f:.1f}", f"{f:.2f}", str(round(f))})
+    return sorted(found, key=lambda n: (-len(n), n))
+
+
+def numbers_grammar(numbers: Sequence[str]) -> str | None:
+    """A GBNF grammar for one line of text whose numbers are all in ``numbers`` (``None``
+    when there are none: the answer is then unconstrained)."""
+    if not numbers:
+        return None
+    alternatives = " | ".join(json.dumps(n) for n in numbers[:200])
+    return f"root ::= (char | num)+\nchar ::= [^0-9\\n]\nnum ::= {alternatives}\n"
