@@ -219,6 +219,15 @@ class Peer:
             pump.cancel()
 
 
+async def offer_sdp(**peer: Any) -> str:
+    """An offer from a peer closed at once (for requests that are refused)."""
+    client = Peer(**peer)
+    try:
+        return await client.offer()
+    finally:
+        await client.close()
+
+
 async def post_offer(
     engine: Any,
     sdp: str,
@@ -503,7 +512,7 @@ async def test_client_secrets_are_minted_accepted_and_refused_when_expired(engin
     async with rt.connect(url=engine.ga_url(), api_key=secret.value) as ws_client:
         assert ws_client.config.instructions == "You are the harbour master."
 
-    sdp = await Peer().offer()
+    sdp = await offer_sdp()
     bearer = {"Authorization": f"Bearer {secret.value}"}
     secrets = engine.engine.calls.secrets
     clock = secrets.now
@@ -544,7 +553,7 @@ async def test_client_secrets_are_minted_accepted_and_refused_when_expired(engin
 
 
 async def test_bad_offers_get_400_saying_what_is_wrong(engine: Any) -> None:
-    no_audio = await Peer(audio=False).offer()
+    no_audio = await offer_sdp(audio=False)
     assert "m=audio" not in no_audio
     cases = [
         ("", "empty"),
@@ -553,7 +562,7 @@ async def test_bad_offers_get_400_saying_what_is_wrong(engine: Any) -> None:
         ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n", "no media sections"),
         (no_audio, "no audio m-line"),
         (
-            (await Peer().offer()).replace("opus/48000/2", "speex/16000"),
+            (await offer_sdp()).replace("opus/48000/2", "speex/16000"),
             "no Opus",
         ),
     ]
@@ -563,7 +572,7 @@ async def test_bad_offers_get_400_saying_what_is_wrong(engine: Any) -> None:
         error = json.loads(body)["error"]
         assert message in error["message"], error
     status, _, body = await post_offer(
-        engine, await Peer().offer(), session={"audio": {"output": {"voice": "bob"}}}
+        engine, await offer_sdp(), session={"audio": {"output": {"voice": "bob"}}}
     )
     assert status == 400 and "voice" in json.loads(body)["error"]["message"]
     async with (
