@@ -8,12 +8,14 @@ brain is asked. The session uses both to start a response, the speculator to pre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import ResponseParams
 from ..protocol.session import SessionConfig, read_ga_format
 from .brains import BrainRequest, HistoryItem
+from .mcp import OfferedTool, brain_tool_choice, function_tool
 
 if TYPE_CHECKING:
     from .store import StoredItem
@@ -74,13 +76,31 @@ def plan_response(
     )
 
 
-def brain_request(plan: ResponsePlan, history: list[HistoryItem]) -> BrainRequest:
-    """What the brain is asked for a response with this plan and conversation."""
+def brain_request(
+    plan: ResponsePlan,
+    history: list[HistoryItem],
+    *,
+    mcp: Mapping[str, OfferedTool] | None = None,
+) -> BrainRequest:
+    """What the brain is asked for a response with this plan and conversation.
+
+    The brain gets function tools only: the plan's own, and the tools its ``mcp`` servers
+    listed (``mcp``: by the name the brain calls them, see :mod:`~aoai_realtime.engine.mcp`),
+    each as a function whose parameters are the MCP tool's input schema. An ``mcp``
+    ``tool_choice`` becomes the function it names (or a required call of that server's tools).
+    """
+    tools = [t for t in plan.tools if t.get("type", "function") == "function"]
+    choice = plan.tool_choice
+    if mcp:
+        choice, only = brain_tool_choice(choice, mcp)
+        if only is not None:
+            tools = []
+        tools += [function_tool(o.tool) for n, o in mcp.items() if only is None or n in only]
     return BrainRequest(
         instructions=plan.instructions,
         history=history,
-        tools=plan.tools,
-        tool_choice=plan.tool_choice,
+        tools=tools,
+        tool_choice=choice,
         max_output_tokens=plan.max_output_tokens,
         temperature=plan.temperature,
     )

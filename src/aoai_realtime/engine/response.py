@@ -8,6 +8,13 @@ The sequence follows the service: ``response.created``; per output item
 function calls as ``function_call`` items with ``response.function_call_arguments.delta/done``;
 then ``response.done`` with usage, and ``rate_limits.updated``.
 
+A call of a tool that an ``mcp`` server listed (see :mod:`~aoai_realtime.engine.mcp`) is run
+here instead: an ``mcp_call`` item with ``response.mcp_call_arguments.delta/done``,
+``response.mcp_call.in_progress`` and ``.completed`` (or ``.failed``), after which the brain is
+asked again with the result and the response goes on; or, when the call needs approval, an
+``mcp_approval_request`` item that ends the response. A response that follows an approval runs
+the approved calls first.
+
 Speech is pipelined (see :mod:`~aoai_realtime.engine.generation`): each piece of the reply is
 synthesized as soon as it is complete, while the brain writes the next, and its audio goes out
 in ~100 ms deltas after the transcript delta of that piece. A response is an asyncio task:
@@ -36,6 +43,16 @@ from .brains import (
     estimate_tokens,
 )
 from .generation import Generation, Spoken
+from .mcp import (
+    MAX_MCP_CALLS,
+    MCP_ITEM_TYPES,
+    McpCallError,
+    McpTools,
+    OfferedTool,
+    approved_requests,
+    brain_history,
+    is_mcp,
+)
 from .plan import ResponsePlan, brain_request
 from .store import ItemStore, Segment, StoredItem
 from .workers import SharedSpeech
@@ -92,6 +109,8 @@ class ResponseContext:
     """The ``server_error`` fault: this response fails instead of answering."""
     on_done: Callable[[ResponseRun], None] | None = None
     """Called once, after ``response.done`` has been emitted."""
+    mcp: McpTools | None = None
+    """The session's MCP servers (``None``: ``mcp`` tools are not run)."""
 
 
 @dataclass
@@ -222,10 +241,34 @@ class ResponseRun:
             if item.input_audio:
                 self._input_audio_ms += len(item.input_audio) / 48
         self._mark("transcripts", t0)
-        request = brain_request(self.plan, [item.history() for item in context])
+        offered: dict[str, OfferedTool] = {}
+        if ctx.mcp is not None:
+            if any(is_mcp(t) for t in self.plan.tools):
+                reserved = [str(t.get("name")) for t in self.plan.tools if not is_mcp(t)]
+                offered = await ctx.mcp.offer(self.plan.tools, reserved)
+            for request in approved_requests(context):
+                await self._run_approved(request, offered)
+        calls = 0
+        while True:
+            history = brain_history(list(context) + self.output)
+            ran = await self._think(brain_request(self.plan, history, mcp=offered), offered, t0)
+            if ran == 0:
+                return
+            calls += ran
+            if calls >= MAX_MCP_CALLS:
+                log.info("%s: %d MCP calls, the response ends there", self.id, calls)
+                return
+
+    async def _think(
+        self, request: BrainRequest, offered: dict[str, OfferedTool], t0: float
+    ) -> int:
+        """One pass of the brain; returns how many MCP calls it made (then it is asked again
+        with their results), 0 when the response is complete (or waits for an approval)."""
+        ctx = self.context
         plan = self.plan
         generation = None
-        if ctx.claim_reply is not None:
+        first = self._generation is None
+        if ctx.claim_reply is not None and first:
             generation = ctx.claim_reply(request, plan.audio, plan.voice, plan.speed)
         if ctx.fail:
             if generation is not None:
@@ -243,6 +286,7 @@ class ResponseRun:
                 speed=plan.speed,
             ).start()
         self._generation = generation
+        ran = 0
         async for event in generation.events():
             if isinstance(event, TextDelta):
                 if self._open is None:
@@ -257,11 +301,25 @@ class ResponseRun:
             elif isinstance(event, FunctionCall):
                 if self._open is not None:
                     self._close_open_message(True)
-                self._function_call(event)
+                target = offered.get(event.name)
+                if target is None:
+                    self._function_call(event)
+                elif target.needs_approval:
+                    self._approval_request(target, event.arguments)
+                    generation.cancel()
+                    return 0
+                else:
+                    await self._mcp_call(target, event.arguments)
+                    ran += 1
             elif isinstance(event, BrainFinish):
-                self._finish = event
+                self._finish = BrainFinish(
+                    event.reason,
+                    self._finish.input_tokens + event.input_tokens,
+                    self._finish.output_tokens + event.output_tokens,
+                )
         if self._open is not None:
             self._close_open_message(True)
+        return ran if self._finish.reason == "stop" else 0
 
     # ------------------------------------------------------------------ message items
 
@@ -270,16 +328,10 @@ class ResponseRun:
     ) -> tuple[StoredItem, int]:
         """A new output item, in progress, announced (and put in the conversation unless out of
         band); returns it and its output index."""
-        item = StoredItem(
-            data={
-                "id": ids.item_id(),
-                "object": "realtime.item",
-                "type": kind,
-                "status": "in_progress",
-                **fields,
-            },
-            bytes_per_ms=bytes_per_ms,
-        )
+        data: dict[str, Any] = {"id": ids.item_id(), "type": kind, **fields}
+        if kind not in MCP_ITEM_TYPES:  # openai's MCP items have neither
+            data = {"id": data["id"], "object": "realtime.item", "status": "in_progress", **data}
+        item = StoredItem(data=data, bytes_per_ms=bytes_per_ms)
         self.output.append(item)
         index = len(self.output) - 1
         self._emit(
@@ -468,6 +520,87 @@ class ResponseRun:
             }
         )
         item.data.update(status="completed", arguments=call.arguments)
+        self._item_done(item, index)
+
+    # ------------------------------------------------------------------ MCP calls
+
+    def _approval_request(self, target: OfferedTool, arguments: str) -> None:
+        """The call waits for the client: an ``mcp_approval_request`` item (the response
+        ends after it)."""
+        item, index = self._add_item(
+            "mcp_approval_request",
+            {"server_label": target.label, "name": target.name, "arguments": arguments},
+        )
+        self._item_done(item, index)
+
+    async def _run_approved(self, request: StoredItem, offered: dict[str, OfferedTool]) -> None:
+        """Run a call the client approved since the last response."""
+        label = str(request.data.get("server_label"))
+        name = str(request.data.get("name"))
+        target = offered.get(name)
+        if target is None or target.label != label:
+            target = self.context.mcp.find(label, name) if self.context.mcp else None
+        await self._mcp_call(
+            target,
+            str(request.data.get("arguments") or ""),
+            approval_request_id=request.id,
+            label=label,
+            name=name,
+        )
+
+    async def _mcp_call(
+        self,
+        target: OfferedTool | None,
+        arguments: str,
+        *,
+        approval_request_id: str | None = None,
+        label: str = "",
+        name: str = "",
+    ) -> None:
+        """One ``mcp_call`` item: its arguments, the call over MCP, its output or error."""
+        item, index = self._add_item(
+            "mcp_call",
+            {
+                "server_label": target.label if target else label,
+                "name": target.name if target else name,
+                "arguments": "",
+                "approval_request_id": approval_request_id,
+                "output": None,
+                "error": None,
+            },
+        )
+        common = {"response_id": self.id, "item_id": item.id, "output_index": index}
+        self._emit({"type": "response.mcp_call_arguments.delta", **common, "delta": arguments})
+        self._emit({"type": "response.mcp_call_arguments.done", **common, "arguments": arguments})
+        item.data["arguments"] = arguments
+        progress = {"item_id": item.id, "output_index": index}
+        self._emit({"type": "response.mcp_call.in_progress", **progress})
+        failed: dict[str, Any] | None = None
+        try:
+            if target is None or self.context.mcp is None:
+                raise McpCallError(
+                    {
+                        "type": "tool_execution_error",
+                        "message": f"MCP server '{label}' with a tool '{name}' is not among "
+                        "this response's tools any more.",
+                    }
+                )
+            item.data["output"] = await self.context.mcp.call(target, arguments)
+        except McpCallError as exc:
+            failed = exc.error
+        except asyncio.CancelledError:
+            item.data["error"] = {
+                "type": "tool_execution_error",
+                "message": "The call was cancelled with its response.",
+            }
+            self._emit({"type": "response.mcp_call.failed", **progress})
+            self._item_done(item, index)
+            raise
+        if failed is not None:
+            item.data["error"] = failed
+            self._emit({"type": "response.mcp_call.failed", **progress})
+        else:
+            self._emit({"type": "response.mcp_call.completed", **progress})
         self._item_done(item, index)
 
     # ------------------------------------------------------------------ usage

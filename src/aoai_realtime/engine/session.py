@@ -48,6 +48,7 @@ from . import ids
 from .brains import DEFAULT_INSTRUCTIONS, Brain
 from .buffer import InputBuffer
 from .faults import Faults
+from .mcp import MCP_ITEM_TYPES, Connector, McpTools, check_mcp_choice, check_mcp_tools
 from .plan import plan_response
 from .response import ResponseContext, ResponseRun
 from .speculation import SpeculationContext, Speculator
@@ -186,6 +187,7 @@ class RealtimeSession:
         expires_at: int | None = None,
         conversation_id: str | None = None,
         transcription: bool = False,
+        mcp_connector: Connector | None = None,
     ) -> None:
         self.dialect = dialect
         self.brain = brain
@@ -223,6 +225,10 @@ class RealtimeSession:
                 busy=lambda: self._closed or (self.active is not None and self.active.active),
             )
         )
+        self.mcp = McpTools(
+            emit=self.emit, store=lambda: self.store, spawn=self.spawn, connector=mcp_connector
+        )
+        """The session's MCP servers: listed when ``tools`` name them (``engine/mcp.py``)."""
         self._closed = False
         self._configure_input()
 
@@ -397,6 +403,8 @@ class RealtimeSession:
         if new.input_format != old.input_format:
             self._configure_input()
         self.emit({"type": "session.updated", "session": self.session_object()})
+        if update.is_set("tools"):  # after session.updated, as the service lists them
+            self.mcp.sync(new.tools or [])
 
     def _check_session_kind(self, update: SessionConfig, transcription_event: bool) -> None:
         """A session stays the kind it was opened as: a transcription session comes from
@@ -734,6 +742,9 @@ class RealtimeSession:
         """A client's item as the engine stores it (audio decoded, ids and status filled)."""
         data: dict[str, Any] = model.to_dict()
         data["id"] = data.get("id") or ids.item_id()
+        if data["type"] in MCP_ITEM_TYPES:  # openai's MCP items have no object or status
+            self._check_approval(data, where)
+            return StoredItem(data=data)
         data["object"] = "realtime.item"
         data.setdefault("status", "completed")
         audio: bytes | None = None
@@ -768,6 +779,18 @@ class RealtimeSession:
         elif data["type"] == "function_call":
             data["call_id"] = data.get("call_id") or ids.call_id()
         return StoredItem(data=data, input_audio=audio)
+
+    def _check_approval(self, data: dict[str, Any], where: str) -> None:
+        """An ``mcp_approval_response`` answers an ``mcp_approval_request`` of the
+        conversation."""
+        request_id = data.get("approval_request_id")
+        request = self.store.get(str(request_id))
+        if request is None or request.type != "mcp_approval_request":
+            raise invalid_value(
+                f"{where}.approval_request_id",
+                f"Invalid '{where}.approval_request_id': no MCP approval request with id "
+                f"'{echo(request_id)}' in the conversation.",
+            )
 
     def _part_name(self, part_type: str) -> str:
         """A content part type as this connection's client names it."""
@@ -945,6 +968,7 @@ class RealtimeSession:
             claim_reply=None if plan.out_of_band else self.speculator.claim_reply,
             fail=self.faults.server_error_response == self.responses_started,
             on_done=self._response_finished,
+            mcp=self.mcp,
         )
         run = ResponseRun(run_context, plan)
         self.runs[run.id] = run
@@ -1060,7 +1084,7 @@ def _check_max_tokens(value: Any, param: str) -> None:
 
 
 TOOL_TYPES = ("function", "mcp")
-"""Tool types a session or response may offer (MCP tools are accepted, never called here)."""
+"""Tool types a session or response may offer (``mcp``: see ``engine/mcp.py``)."""
 
 
 def _check_tools(tools: list[Any], where: str) -> None:
@@ -1071,8 +1095,8 @@ def _check_tools(tools: list[Any], where: str) -> None:
         kind = tool.get("type", "function")
         if kind not in TOOL_TYPES or not isinstance(kind, str):
             raise not_supported(f"{at}.type", kind, TOOL_TYPES)
-        if kind != "function":
-            continue
+        if kind == "mcp":
+            continue  # checked below, all together (labels must differ)
         for key in tool:
             if key not in ("type", "name", "description", "parameters"):
                 raise unknown_parameter(f"{at}.{key}")
@@ -1091,6 +1115,7 @@ def _check_tools(tools: list[Any], where: str) -> None:
             raise invalid_type(f"{at}.description", "a string", tool["description"])
         if "parameters" in tool and not isinstance(tool["parameters"], (dict, type(None))):
             raise invalid_type(f"{at}.parameters", "an object", tool["parameters"])
+    check_mcp_tools(tools, where)
 
 
 def _check_tool_choice(choice: Any, param: str) -> None:
@@ -1104,6 +1129,7 @@ def _check_tool_choice(choice: Any, param: str) -> None:
     if "type" not in choice:
         raise missing_parameter(f"{param}.type")
     if kind == "mcp":
+        check_mcp_choice(choice, param)
         return
     if kind != "function":
         raise not_supported(f"{param}.type", kind, ("function", "mcp"))

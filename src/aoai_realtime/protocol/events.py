@@ -111,8 +111,18 @@ class FunctionCallOutputItem(_Model):
     output: str
 
 
+class McpApprovalResponseItem(_Model):
+    """The client's answer to an ``mcp_approval_request`` item (GA): run the call or not."""
+
+    type: Literal["mcp_approval_response"] = "mcp_approval_response"
+    id: str | None = None
+    approval_request_id: str
+    approve: bool
+    reason: str | None = None
+
+
 Item = Annotated[
-    Union[MessageItem, FunctionCallItem, FunctionCallOutputItem],
+    Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, McpApprovalResponseItem],
     Field(discriminator="type"),
 ]
 
@@ -705,6 +715,7 @@ _ITEM_FIELDS = {
     "message": {"type", "id", "object", "role", "status", "content"},
     "function_call": {"type", "id", "object", "status", "call_id", "name", "arguments"},
     "function_call_output": {"type", "id", "object", "status", "call_id", "output"},
+    "mcp_approval_response": {"type", "id", "approval_request_id", "approve", "reason"},
     "item_reference": {"type", "id"},  # response.input only (conversation items refuse it)
 }
 _PART_FIELDS = {
@@ -733,9 +744,11 @@ def check_item_fields(item: dict[str, Any], where: str, event_id: str | None = N
 ITEM_ADAPTER: TypeAdapter[Any] = TypeAdapter(Item)
 
 
-def parse_item(data: dict[str, Any]) -> MessageItem | FunctionCallItem | FunctionCallOutputItem:
+def parse_item(
+    data: dict[str, Any],
+) -> MessageItem | FunctionCallItem | FunctionCallOutputItem | McpApprovalResponseItem:
     """Parse one conversation item (GA content part names)."""
-    result: MessageItem | FunctionCallItem | FunctionCallOutputItem = ITEM_ADAPTER.validate_python(
-        data
+    result: MessageItem | FunctionCallItem | FunctionCallOutputItem | McpApprovalResponseItem = (
+        ITEM_ADAPTER.validate_python(data)
     )
     return result
