@@ -47,6 +47,7 @@ MCP_SCRIPT: dict[str, Any] = {
             "function_call": {"name": "lookup_city", "arguments": {"name": "{1}"}},
         },
         {"after_function": "lookup_city", "reply": "I found: {output}"},
+        {"user": "take your time", "function_call": {"name": "wait_for_test", "arguments": {}}},
         {"user": "hello", "reply": "Hello! How can I help you today?"},
     ],
 }
@@ -64,6 +65,8 @@ class McpServerThread:
     url: str
     headers: list[dict[str, str]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    """What ``wait_for_test`` waits for before it answers."""
 
 
 def _free_port() -> int:
@@ -100,11 +103,22 @@ def mcp_server() -> Iterator[McpServerThread]:
         state.calls.append(("delete_everything", {}))
         return "deleted"
 
+    @server.tool(description="Wait for a signal from the test.")
+    def wait_for_test() -> str:
+        state.calls.append(("wait_for_test", {}))
+        state.release.wait(60)
+        return "released"
+
     app = server.streamable_http_app()
 
     async def recording(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            state.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            state.headers.append(headers)
+            if headers.get("authorization") == "Bearer wrong":  # as a server refusing a token
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b"unauthorized"})
+                return
         await app(scope, receive, send)
 
     runner = uvicorn.Server(uvicorn.Config(recording, log_level="warning"))
@@ -356,6 +370,10 @@ async def test_an_unreachable_server_fails_its_listing_and_the_session_goes_on(
         assert await client.ask("add 2 and 3") == "I heard you say: add 2 and 3."
         assert await other.ask("hello") == "Hello! How can I help you today?"
         assert not other.of_type("error") and not other.of_type("mcp_list_tools.failed")
+        assert len(client.of_type("mcp_list_tools.failed")) == 1  # the turn did not retry it
+        # a session.update naming the server again tries again
+        await client.update(tools=[tool])
+        await client.wait_for("mcp_list_tools.failed")
 
 
 async def test_response_level_mcp_tools_are_listed_for_that_response(
@@ -428,3 +446,46 @@ async def test_the_local_brain_calls_an_mcp_tool(engine: Any, mcp_server: McpSer
         assert call["name"] == "add" and call["output"] == "5", call
         assert mcp_server.calls[calls:] == [("add", {"a": 2, "b": 3})]
         assert kinds[-1] == "message"
+
+
+async def test_tool_choice_names_an_mcp_tool(mcp_engine: Any, mcp_server: McpServerThread) -> None:
+    async with session(mcp_engine) as client:
+        await listed(client, **mcp_tool(mcp_server, require_approval="never"))
+        choice = {"type": "mcp", "server_label": "tools", "name": "lookup_city"}
+        done = await client.say("add 2 and 3", tool_choice=choice)  # add is not offered now
+        assert [i["type"] for i in done["response"]["output"]] == ["message"]
+        assert not client.of_type("response.mcp_call.in_progress")
+        done = await client.say("where is Paris", tool_choice=choice)
+        assert [i["type"] for i in done["response"]["output"]] == ["mcp_call", "message"]
+
+
+async def test_cancelling_during_a_call_fails_the_call(
+    mcp_engine: Any, mcp_server: McpServerThread
+) -> None:
+    async with session(mcp_engine) as client:
+        await listed(client, **mcp_tool(mcp_server, require_approval="never"))
+        mcp_server.release.clear()
+        try:
+            await client.say("take your time", wait=False)
+            started = await client.wait_for("response.mcp_call.in_progress")
+            await client.send({"type": "response.cancel"})
+            done = await client.wait_for("response.done")
+        finally:
+            mcp_server.release.set()
+        response = done["response"]
+        assert response["status"] == "cancelled"
+        [call] = response["output"]
+        assert call["id"] == started["item_id"] and call["output"] is None
+        assert call["error"]["type"] == "tool_execution_error"
+        assert client.of_type("response.mcp_call.failed")[-1]["item_id"] == call["id"]
+        assert await client.ask("hello") == "Hello! How can I help you today?"
+
+
+async def test_a_refused_token_fails_the_listing_with_the_http_status(
+    mcp_engine: Any, mcp_server: McpServerThread
+) -> None:
+    async with session(mcp_engine) as client:
+        await client.update(tools=[mcp_tool(mcp_server, authorization="wrong")])
+        await client.wait_for("mcp_list_tools.failed")
+        error = await client.error()
+        assert error["code"] == "mcp_list_tools_failed" and "HTTP 401" in error["message"], error

@@ -646,16 +646,19 @@ class McpTools:
         self.connector: Connector = connector or McpConnector()
         self.listings: dict[str, Listing] = {}
 
-    def sync(self, tools: Sequence[Any], where: str = "session.tools") -> list[Listing]:
-        """Start listing each ``mcp`` tool's server not listed yet with these settings; returns
-        the listings of the ``mcp`` tools, in order."""
+    def sync(
+        self, tools: Sequence[Any], where: str = "session.tools", *, retry: bool = True
+    ) -> list[Listing]:
+        """Start listing each ``mcp`` tool's server not listed yet with these settings (and,
+        with ``retry``, those whose listing failed); returns the listings of the ``mcp``
+        tools, in order."""
         out: list[Listing] = []
         for i, tool in enumerate(tools):
             if not is_mcp(tool):
                 continue
             key = _listing_key(tool)
             listing = self.listings.get(key)
-            if listing is None or listing.state == "failed":
+            if listing is None or (retry and listing.state == "failed"):
                 listing = self._start(dict(tool), f"{where}[{i}]")
                 self.listings[key] = listing
             else:  # approvals and descriptions may change without a new listing
@@ -727,7 +730,7 @@ class McpTools:
         """The listed tools of the ``mcp`` tools in ``tools`` by the name the brain calls them,
         once their listings are done (a response's own servers are listed now). A name taken
         by a function tool (``reserved``) or an earlier server is not offered again."""
-        listings = self.sync(tools, where)
+        listings = self.sync(tools, where, retry=False)  # a failed server: not at every turn
         for listing in listings:
             await listing.done.wait()
         offered: dict[str, OfferedTool] = {}
