@@ -47,6 +47,7 @@ from .._version import __version__
 from ..channel import AiohttpChannel
 from ..config import ConfigError
 from ..protocol.dialect import PREVIEW_SERVER_NAMES
+from .calls import CallProxy
 from .errors import RelayError
 from .logs import log
 from .policy import Policy
@@ -145,11 +146,18 @@ class ServerConfig:
     ``relay_error`` and Start opens a fresh session."""
     resume_options: ResumeOptions = field(default_factory=ResumeOptions)
     """Attempts, backoff and the history carried over (see :class:`ResumeOptions`)."""
+    client_secrets: bool = False
+    """Let the page ask for a short-lived client secret (``POST /api/client_secrets``,
+    ``--client-secrets``) and open its call with the upstream itself; off by default (the
+    middle tier then proxies every offer, and the browser never holds any key)."""
+    client_secret_ttl_s: int = 60
+    """How long a client secret lives (10 to 7200 s): long enough to POST one offer."""
 
 
 UPSTREAMS_KEY = web.AppKey("upstreams", Upstreams)
 CONFIG_KEY = web.AppKey("config", ServerConfig)
 RELAYS_KEY = web.AppKey("relays", set[Relay])
+CALLS_KEY = web.AppKey("calls", CallProxy)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -365,8 +373,14 @@ def create_app(config: ServerConfig, upstreams: Upstreams) -> web.Application:
     app[CONFIG_KEY] = config
     app[UPSTREAMS_KEY] = upstreams
     app[RELAYS_KEY] = set()
+    app[CALLS_KEY] = CallProxy(upstreams, config.policy, config.observer_factory)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/config", _api_config)
+    app.router.add_post("/api/calls", _post_call)
+    app.router.add_post("/api/calls/{call_id}/session", _call_session)
+    app.router.add_post("/api/calls/{call_id}/hangup", _call_hangup)
+    app.router.add_post("/api/calls/attach", _call_attach)
+    app.router.add_post("/api/client_secrets", _client_secret)
     app.router.add_get("/realtime", _realtime)
     app.router.add_get("/openai/v1/realtime", _realtime)
     app.router.add_get("/openai/realtime", _realtime_preview)
@@ -382,6 +396,7 @@ async def _close_relays(app: web.Application) -> None:
     relays: set[Relay] = app[RELAYS_KEY]
     for relay in list(relays):
         await relay.close()
+    await app[CALLS_KEY].close()
 
 
 async def _close_upstreams(app: web.Application) -> None:
@@ -440,6 +455,7 @@ async def _healthz(request: web.Request) -> web.Response:
                 else ("available" if upstreams.local is not None else "off")
             ),
             "connections": len(request.app[RELAYS_KEY]),
+            "calls": len(request.app[CALLS_KEY]),
             "version": __version__,
         }
     )
@@ -450,6 +466,7 @@ def page_config(config: ServerConfig, upstreams: Upstreams) -> dict[str, Any]:
     default = upstreams.default
     policy = config.policy
     voices = list(default.voices)
+    webrtc = upstreams.webrtc(default)
     return {
         "upstream": {
             "kind": default.kind,
@@ -466,6 +483,9 @@ def page_config(config: ServerConfig, upstreams: Upstreams) -> dict[str, Any]:
         "show_tool_results": policy.show_tool_results,
         "tool_results_visible": policy.show_tool_results,
         "resume": config.resume,
+        "transports": ["webrtc", "websocket"] if webrtc else ["websocket"],
+        "default_transport": "webrtc" if webrtc else "websocket",
+        "client_secrets": config.client_secrets,
         "preview_names": PREVIEW_SERVER_NAMES,
         "version": __version__,
     }
@@ -496,10 +516,6 @@ async def _realtime_preview(request: web.Request) -> web.StreamResponse:
 
 async def _realtime(request: web.Request) -> web.StreamResponse:
     return await _relay(request, client_dialect="ga")
-
-
-_NEEDS_TOKEN = frozenset({_api_config, _realtime, _realtime_preview})
-"""The handlers that want the access token (when one is set): the page itself may load."""
 
 
 async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResponse:
@@ -588,3 +604,219 @@ async def _relay(request: web.Request, *, client_dialect: str) -> web.StreamResp
         if not relays:  # the last page left: give the freed memory back (as the engine does)
             give_back_memory()
     return ws
+
+
+# ------------------------------------------------------------------------------------ calls
+
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_CALL_STATUS = {
+    "invalid_offer": 400,
+    "invalid_request": 400,
+    "webrtc_unavailable": 400,
+    "deployment_required": 400,
+    "endpoint_not_allowed": 403,
+    "call_not_found": 404,
+    "client_secrets_off": 404,
+    "upstream_rate_limited": 429,
+}
+
+
+def _call_error(exc: RelayError) -> web.Response:
+    """A refused call as the page reads it: one ``relay_error`` with the cause and the fix."""
+    status = exc.status if exc.status == 400 else _CALL_STATUS.get(exc.code, 502)
+    return _json({"error": exc.to_event()["error"]}, status=status)
+
+
+def _refuse(code: str, message: str) -> web.Response:
+    return _call_error(RelayError(code, message))
+
+
+def _check_origin(request: web.Request) -> web.Response | None:
+    config: ServerConfig = request.app[CONFIG_KEY]
+    if _origin_allowed(request, config):
+        return None
+    log("call.refused_origin", 30, origin=request.headers.get("Origin"), host=request.host)
+    return web.Response(
+        status=403,
+        text="this page's origin may not make calls through this server; the operator can "
+        "allow it with --allow-origin\n",
+    )
+
+
+async def _read_json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise RelayError("invalid_request", "The request body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise RelayError("invalid_request", "The request body must be a JSON object.")
+    return body
+
+
+async def _read_call_request(request: web.Request) -> tuple[str, dict[str, Any] | None]:
+    """The offer's SDP and the page's session choices: JSON ``{"sdp", "session"}``, or the
+    bare offer as ``application/sdp`` (the server's session only)."""
+    if request.content_type == "application/sdp":
+        return (await request.read()).decode("utf-8", errors="replace"), None
+    if request.content_type != "application/json":
+        raise RelayError(
+            "invalid_request",
+            f'Unsupported Content-Type {request.content_type!r}: send JSON {{"sdp": OFFER, '
+            '"session": {...}} or the offer as application/sdp.',
+        )
+    body = await _read_json_body(request)
+    sdp = body.get("sdp")
+    if not isinstance(sdp, str):
+        raise RelayError("invalid_offer", "The request has no 'sdp' string: send the SDP offer.")
+    session = body.get("session")
+    if session is not None and not isinstance(session, dict):
+        raise RelayError("invalid_request", "'session' must be a JSON object (a GA session).")
+    return sdp, session
+
+
+async def _post_call(request: web.Request) -> web.StreamResponse:
+    """``POST /api/calls``: the page's SDP offer, forwarded upstream with the server's
+    credential; only the SDP answer (and the middle tier's own call id) come back."""
+    refused_origin = _check_origin(request)
+    if refused_origin is not None:
+        return refused_origin
+    proxy: CallProxy = request.app[CALLS_KEY]
+    try:
+        sdp, session = await _read_call_request(request)
+        call, answer, refused = await proxy.create(
+            sdp,
+            session,
+            endpoint=request.query.get("endpoint"),
+            deployment=request.query.get("deployment"),
+            peer=request.remote,
+        )
+    except RelayError as exc:
+        log("call.refused", 30, code=exc.code, message=exc.message)
+        return _call_error(exc)
+    location = f"/api/calls/{call.id}"
+    if request.content_type == "application/sdp":
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": location, "Cache-Control": "no-store"},
+        )
+    return _json(
+        {"sdp": answer, "call_id": call.id, "refused": refused},
+        status=201,
+        headers={"Location": location},
+    )
+
+
+async def _call_session(request: web.Request) -> web.Response:
+    """``POST /api/calls/{id}/session``: the page's settings, through the policy, in on the
+    sideband; answers the parameters left out."""
+    refused_origin = _check_origin(request)
+    if refused_origin is not None:
+        return refused_origin
+    call = request.app[CALLS_KEY].get(request.match_info["call_id"])
+    if call is None:
+        return _refuse("call_not_found", "This call has ended: press Start to begin a new one.")
+    try:
+        body = await _read_json_body(request)
+    except RelayError as exc:
+        return _call_error(exc)
+    session = body.get("session", body)
+    if not isinstance(session, dict):
+        return _refuse("invalid_request", "'session' must be a JSON object (a GA session).")
+    refused = await call.update_session({"session": session})
+    return _json({"refused": refused})
+
+
+async def _call_hangup(request: web.Request) -> web.Response:
+    """``POST /api/calls/{id}/hangup``: the call ends on both sides."""
+    refused_origin = _check_origin(request)
+    if refused_origin is not None:
+        return refused_origin
+    proxy: CallProxy = request.app[CALLS_KEY]
+    if not await proxy.hangup(request.match_info["call_id"]):
+        return _refuse("call_not_found", "There is no such call (it has ended already).")
+    return _json({"ended": True})
+
+
+async def _client_secret(request: web.Request) -> web.Response:
+    """``POST /api/client_secrets`` (only with ``--client-secrets``): a short-lived key for the
+    page's own ``POST .../realtime/calls``, the session fixed by the server, and that URL."""
+    refused_origin = _check_origin(request)
+    if refused_origin is not None:
+        return refused_origin
+    config: ServerConfig = request.app[CONFIG_KEY]
+    upstreams: Upstreams = request.app[UPSTREAMS_KEY]
+    if not config.client_secrets:
+        return _refuse(
+            "client_secrets_off",
+            "This server does not hand out client secrets (its operator can turn them on with "
+            "--client-secrets): POST the offer to api/calls instead.",
+        )
+    proxy: CallProxy = request.app[CALLS_KEY]
+    try:
+        body = await _read_json_body(request) if request.can_read_body else {}
+        page = body.get("session")
+        up = upstreams.resolve(request.query.get("endpoint"), request.query.get("deployment"))
+        base = await upstreams.local.url() if up.kind == "local" and upstreams.local else None
+        if up.kind == "local" and base is None:
+            raise RelayError(
+                "webrtc_unavailable",
+                "The in-process local engine has no address a browser can reach: client "
+                "secrets need Azure or an engine of its own (--engine-url).",
+            )
+        session, refused = proxy.intended_session(page if isinstance(page, dict) else None)
+        minted = await upstreams.mint_client_secret(
+            up, session, config.client_secret_ttl_s, conn_id="secret"
+        )
+    except RelayError as exc:
+        return _call_error(exc)
+    log("call.client_secret", upstream=up.kind, expires_at=minted.get("expires_at"))
+    return _json(
+        {
+            "value": minted.get("value"),
+            "expires_at": minted.get("expires_at"),
+            "calls_url": upstreams.calls_url(up, base),
+            "refused": refused,
+        }
+    )
+
+
+async def _call_attach(request: web.Request) -> web.Response:
+    """``POST /api/calls/attach`` (client-secret mode): the page opened its call with the
+    upstream itself and names it; the middle tier attaches its sideband (tools, policy)."""
+    refused_origin = _check_origin(request)
+    if refused_origin is not None:
+        return refused_origin
+    config: ServerConfig = request.app[CONFIG_KEY]
+    if not config.client_secrets:
+        return _refuse("client_secrets_off", "This server does not hand out client secrets.")
+    proxy: CallProxy = request.app[CALLS_KEY]
+    try:
+        body = await _read_json_body(request)
+        upstream_id = body.get("call_id")
+        if not isinstance(upstream_id, str) or not _CALL_ID_RE.fullmatch(upstream_id):
+            raise RelayError("invalid_request", "'call_id' must be the upstream call's id.")
+        call = await proxy.attach(
+            upstream_id,
+            endpoint=request.query.get("endpoint"),
+            deployment=request.query.get("deployment"),
+        )
+    except RelayError as exc:
+        return _call_error(exc)
+    return _json({"call_id": call.id}, status=201, headers={"Location": f"/api/calls/{call.id}"})
+
+
+_NEEDS_TOKEN: frozenset[Callable[..., Any]] = frozenset(
+    {
+        _api_config,
+        _realtime,
+        _realtime_preview,
+        _post_call,
+        _call_session,
+        _call_hangup,
+        _client_secret,
+        _call_attach,
+    }
+)
+"""The handlers that want the access token (when one is set): the page itself may load."""

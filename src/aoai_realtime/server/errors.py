@@ -42,6 +42,7 @@ RELAY_ERROR_CODES = (  # every code a fatal relay_error may carry
     "endpoint_not_allowed",
     "deployment_required",
     "relay_internal_error",
+    "invalid_offer",
 )
 
 
@@ -55,6 +56,8 @@ class RelayError(Exception):
         self.close_code = close_code
         self.failure: HandshakeFailure | None = None
         """The upstream handshake failure this error words, if it is one (for the retry rule)."""
+        self.status: int | None = None
+        """The upstream's HTTP status, when it refused a REST request (a WebRTC call)."""
 
     def to_event(self) -> dict[str, Any]:
         return error_event(self.code, self.message, error_type="relay_error")

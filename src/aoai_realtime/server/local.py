@@ -93,6 +93,47 @@ class LocalEngine:
             raise HandshakeFailed(failure) from exc
         return channel
 
+    @property
+    def webrtc(self) -> bool:
+        """Whether this engine can take WebRTC calls (aiortc is installed here; an external
+        engine is assumed to, it answers 501 if not)."""
+        if self._url is not None:
+            return True
+        import importlib.util
+
+        return importlib.util.find_spec("aiortc") is not None
+
+    async def create_call(
+        self,
+        sdp: str,
+        *,
+        session: Mapping[str, Any] | None,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> tuple[str, str]:
+        """``POST /calls`` of the in-process engine, without HTTP: ``(call_id, answer_sdp)``.
+        Raises :class:`~aoai_realtime.engine.admission.EngineRefusal` as HTTP would answer."""
+        running = await self.start()
+        answer = await running.calls.create(sdp, session=session, query=query, headers=headers)
+        return str(answer.call_id), str(answer.sdp)
+
+    async def hangup_call(self, call_id: str) -> None:
+        """End one of the in-process engine's calls (nothing if it has ended already)."""
+        if self._running is None:
+            return
+        from ..engine.admission import EngineRefusal
+
+        try:
+            await self._running.calls.hangup(call_id)
+        except EngineRefusal:
+            pass  # ended meanwhile
+
+    async def mint_client_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /client_secrets`` of the in-process engine, without HTTP."""
+        running = await self.start()
+        minted: dict[str, Any] = await running.calls.mint(dict(body))
+        return minted
+
     async def start(self) -> Any:
         """Start the in-process engine if it is not running; returns it. Raises
         ``RuntimeError`` (with what to do) if it cannot start."""

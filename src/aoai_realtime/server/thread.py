@@ -11,13 +11,15 @@ driving Playwright's sync API): the server keeps serving whatever the caller doe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from .._threads import LoopThread, Stop, start_site
-from .app import ServerConfig, create_app
+from .app import CALLS_KEY, ServerConfig, create_app
+from .calls import CallProxy
 from .upstream import Upstreams
 
 __all__ = ["ServerThread"]
@@ -63,6 +65,25 @@ class ServerThread:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run ``coro`` in the server's loop and return its result."""
         return self._thread.call(coro, timeout)
+
+    async def call_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` in the server's loop; await its result from another loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._thread.loop))
+
+    @property
+    def calls(self) -> CallProxy:
+        """The server's WebRTC calls (read them in the server's loop: :meth:`call`)."""
+        assert self.app is not None
+        return self.app[CALLS_KEY]
+
+    def wait_calls(self, count: int, timeout: float = 10.0) -> None:
+        """Block until the server holds exactly ``count`` WebRTC calls, everything of the others
+        stopped (``TimeoutError`` after ``timeout`` seconds)."""
+        self.call(self.calls.wait_calls(count, timeout), timeout + 5)
+
+    async def wait_calls_async(self, count: int, timeout: float = 10.0) -> None:
+        """:meth:`wait_calls` for a coroutine in another event loop."""
+        await self.call_async(self.calls.wait_calls(count, timeout))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop serving (relays, the upstream session and the in-process engine are closed)."""

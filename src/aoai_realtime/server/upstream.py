@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,9 @@ from ..auth import (
     describe,
     new_request_id,
 )
+from ..calls import rest_url
 from ..channel import AiohttpChannel, Channel
+from ..client import sideband_url
 from ..config import ConfigError, Settings, build_url, parse_endpoint
 from ..protocol.dialect import DialectName
 from ..protocol.handshake import HandshakeFailure
@@ -207,6 +210,7 @@ class Upstreams:
                     "endpoint": c.base,
                     "deployment": c.deployment,
                     "dialect": c.dialect,
+                    "webrtc": c.dialect == "ga",
                 }
             )
         if self.local is not None:
@@ -217,6 +221,7 @@ class Upstreams:
                     "endpoint": "local",
                     "deployment": LOCAL_DEPLOYMENT,
                     "dialect": "ga",
+                    "webrtc": self.local.webrtc,
                 }
             )
         return out
@@ -427,6 +432,234 @@ class Upstreams:
         log("upstream.connected", conn=conn_id, request_id=request_id, transport="memory")
         return channel
 
+    # ------------------------------------------------------------------ WebRTC calls
+
+    def webrtc(self, up: Upstream) -> bool:
+        """Whether ``up`` takes WebRTC calls: the local engine (with aiortc), Azure GA."""
+        if up.kind == "local":
+            return self.local is not None and self.local.webrtc
+        return up.dialect == "ga"
+
+    def _in_memory(self, up: Upstream) -> bool:
+        return up.kind == "local" and self.local is not None and self.local.in_process
+
+    async def _auth_headers(self, up: Upstream, conn_id: str) -> dict[str, str]:
+        """The server's credential for ``up`` as headers (a fresh token each time)."""
+        try:
+            return dict(await up.credential.headers())
+        except AuthError as exc:
+            log("upstream.auth_failed", 30, conn=conn_id, error=str(exc))
+            raise RelayError(
+                "upstream_unauthorized",
+                f"The server could not get a token for {up.label}: {exc}",
+            ) from exc
+        except Exception as exc:
+            log("upstream.auth_failed", 30, conn=conn_id, error=repr(exc))
+            raise RelayError(
+                "upstream_unauthorized",
+                f"The server could not get credentials for {up.label} ({type(exc).__name__}): "
+                f"{up.credential_hint}.",
+            ) from exc
+
+    def _ws_base(self, up: Upstream, local_base: str | None) -> str:
+        base = local_base if up.kind == "local" else up.base
+        assert base is not None
+        return build_url(base, dialect="ga", deployment=up.deployment)
+
+    async def create_call(
+        self, up: Upstream, sdp: str, session: Mapping[str, Any] | None, *, conn_id: str
+    ) -> tuple[str, str]:
+        """Forward an SDP offer to ``up``'s ``/realtime/calls`` with the server's credential
+        (the in-process engine: in memory), the session fixed by the server with it. Returns
+        ``(call_id, answer_sdp)``; raises :class:`RelayError` with the page's message."""
+        request_id = new_request_id()
+        where = up.label[:1].upper() + up.label[1:]
+        log("upstream.call", conn=conn_id, request_id=request_id, upstream=up.kind)
+        if self._in_memory(up):
+            assert self.local is not None
+            from ..engine.admission import EngineRefusal
+
+            query = {**self.local_query, "model": up.deployment}
+            try:
+                return await self.local.create_call(
+                    sdp, session=session, query=query, headers={REQUEST_ID_HEADER: request_id}
+                )
+            except EngineRefusal as exc:
+                raise self._call_refused(
+                    up, exc.status, exc.message, exc.headers, conn_id, request_id
+                ) from None
+            except RuntimeError as exc:
+                raise RelayError(
+                    "upstream_unreachable",
+                    f"The local engine is not available: {exc}. See the server's log.",
+                ) from exc
+        local_base = await self.local.url() if up.kind == "local" and self.local else None
+        url = rest_url(self._ws_base(up, local_base), "calls")
+        params: dict[str, str] = {}
+        body: dict[str, Any] = {"type": "realtime", **dict(session or {})}
+        if up.kind == "local":
+            params = {**self.local_query, "model": up.deployment}
+        else:
+            body.setdefault("model", up.deployment)  # on Azure: the deployment's name
+        headers = {**await self._auth_headers(up, conn_id), REQUEST_ID_HEADER: request_id}
+        form = aiohttp.FormData()
+        form.add_field("sdp", sdp, content_type="application/sdp")
+        form.add_field("session", json.dumps(body), content_type="application/json")
+        try:
+            async with self._client_session().post(
+                url,
+                params=params or None,
+                data=form,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s),
+            ) as resp:
+                text = await resp.text()
+                status, answered = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log("upstream.unreachable", 30, conn=conn_id, request_id=request_id, error=repr(exc))
+            raise RelayError(
+                "upstream_unreachable",
+                f"Could not reach {up.label} ({type(exc).__name__}): check the endpoint and the "
+                "server's network, then press Start again.",
+            ) from exc
+        if status >= 400:
+            message = _error_message(text)
+            raise self._call_refused(up, status, message, answered, conn_id, request_id)
+        location = answered.get("Location") or answered.get("location") or ""
+        call_id = location.rstrip("/").rsplit("/", 1)[-1]
+        if not call_id:
+            raise RelayError(
+                "upstream_refused",
+                f"{where} answered the offer (HTTP {status}) without a Location header naming "
+                "the call.",
+            )
+        return call_id, text
+
+    def _call_refused(
+        self,
+        up: Upstream,
+        status: int,
+        message: str,
+        headers: Mapping[str, str],
+        conn_id: str,
+        request_id: str,
+    ) -> RelayError:
+        where = up.label[:1].upper() + up.label[1:]
+        retry = headers.get("Retry-After") or headers.get("retry-after")
+        log("upstream.call_refused", 30, conn=conn_id, request_id=request_id, status=status)
+        if status == 400:
+            said = message.rstrip(".") if message else "no reason given"
+            error = RelayError("invalid_offer", f"{where} refused the call: {said}.")
+        else:
+            error = handshake_error(
+                status,
+                where=where,
+                deployment=up.deployment,
+                credential_hint=up.credential_hint,
+                retry_after=retry,
+            )
+        error.status = status
+        return error
+
+    async def open_sideband(self, up: Upstream, call_id: str, *, conn_id: str) -> Channel:
+        """Attach the server's sideband WebSocket to a call (``?call_id=``), with its
+        credential; the in-process engine's in memory."""
+        request_id = new_request_id()
+        if self._in_memory(up):
+            assert self.local is not None
+            try:
+                return await self.local.open_channel(
+                    {"call_id": call_id}, {REQUEST_ID_HEADER: request_id}
+                )
+            except HandshakeFailed as exc:
+                raise self._refused(up, exc.failure, conn_id) from exc
+        local_base = await self.local.url() if up.kind == "local" and self.local else None
+        url = sideband_url(self._ws_base(up, local_base), call_id)
+        headers = {**await self._auth_headers(up, conn_id), REQUEST_ID_HEADER: request_id}
+        try:
+            ws = await open_websocket(
+                self._client_session(),
+                url,
+                headers=headers,
+                request_id=request_id,
+                open_timeout=self.connect_timeout_s,
+                max_message_bytes=self.max_msg_size,
+            )
+        except HandshakeFailed as exc:
+            raise self._refused(up, exc.failure, conn_id) from exc
+        return AiohttpChannel(ws)
+
+    async def hangup_call(self, up: Upstream, call_id: str, *, conn_id: str) -> None:
+        """End a call upstream (``POST .../calls/{id}/hangup``); one that has ended already, or
+        an upstream that cannot be reached, is logged and passed over."""
+        if self._in_memory(up):
+            assert self.local is not None
+            await self.local.hangup_call(call_id)
+            return
+        local_base = await self.local.url() if up.kind == "local" and self.local else None
+        url = rest_url(self._ws_base(up, local_base), f"calls/{call_id}/hangup")
+        try:
+            headers = await self._auth_headers(up, conn_id)
+            async with self._client_session().post(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
+            ) as resp:
+                status = resp.status
+        except (RelayError, aiohttp.ClientError, TimeoutError) as exc:
+            log("upstream.hangup_failed", 30, conn=conn_id, error=repr(exc))
+            return
+        if status >= 400 and status != 404:
+            log("upstream.hangup_failed", 30, conn=conn_id, status=status)
+
+    async def mint_client_secret(
+        self, up: Upstream, session: Mapping[str, Any], seconds: int, *, conn_id: str
+    ) -> dict[str, Any]:
+        """An ephemeral key for a browser, its session fixed by the server: ``{"value",
+        "expires_at", "session"}``. Raises :class:`RelayError` with the page's message."""
+        body: dict[str, Any] = {
+            "expires_after": {"anchor": "created_at", "seconds": seconds},
+            "session": {"type": "realtime", **dict(session)},
+        }
+        request_id = new_request_id()
+        if up.kind != "local":
+            body["session"].setdefault("model", up.deployment)
+        if self._in_memory(up):
+            assert self.local is not None
+            from ..engine.admission import EngineRefusal
+
+            try:
+                return await self.local.mint_client_secret(body)
+            except EngineRefusal as exc:
+                raise self._call_refused(
+                    up, exc.status, exc.message, exc.headers, conn_id, request_id
+                ) from None
+        local_base = await self.local.url() if up.kind == "local" and self.local else None
+        url = rest_url(self._ws_base(up, local_base), "client_secrets")
+        headers = {**await self._auth_headers(up, conn_id), REQUEST_ID_HEADER: request_id}
+        try:
+            async with self._client_session().post(
+                url,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s),
+            ) as resp:
+                text = await resp.text()
+                status, answered = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RelayError(
+                "upstream_unreachable",
+                f"Could not reach {up.label} ({type(exc).__name__}) for a client secret.",
+            ) from exc
+        if status >= 400:
+            raise self._call_refused(
+                up, status, _error_message(text), answered, conn_id, request_id
+            )
+        minted: dict[str, Any] = json.loads(text)
+        return minted
+
+    def calls_url(self, up: Upstream, local_base: str | None) -> str:
+        """Where a browser holding a client secret POSTs its offer (no secret in it)."""
+        return rest_url(self._ws_base(up, local_base), "calls")
+
     def _refused(self, up: Upstream, failure: HandshakeFailure, conn_id: str) -> RelayError:
         """The page's message for an upstream that could not be opened."""
         where = up.label[:1].upper() + up.label[1:]
@@ -468,3 +701,15 @@ class Upstreams:
                 await cred.close()
         if self.local is not None:
             await self.local.close()
+
+
+def _error_message(text: str) -> str:
+    """The ``error.message`` of a JSON error body ("" when it has none)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    return str(error.get("message") or "")[:500]
