@@ -140,14 +140,14 @@ def test_errors_are_renamed_in_param_and_message_but_unknown_parameters_never() 
             "invalid_value",
             "item.type",
             "Invalid value for 'item.type': 'item_reference'. Supported values are: 'message', "
-            "'function_call' and 'function_call_output'.",
+            "'function_call', 'function_call_output' and 'mcp_approval_response'.",
         ),
         (
             {"type": "conversation.item.create", "item": {"type": None}},
             "invalid_type",
             "item.type",
-            "Invalid type for 'item.type': expected one of 'message', 'function_call' and "
-            "'function_call_output', but got null instead.",
+            "Invalid type for 'item.type': expected one of 'message', 'function_call', "
+            "'function_call_output' and 'mcp_approval_response', but got null instead.",
         ),
         (
             {"type": "conversation.item.create", "item": {"role": "user"}},
