@@ -317,9 +317,17 @@ class LocalBrain:
             return None
         tool = next(t for t in tools if t.get("name") == decision.name)
         conversation = [m for m in messages if m["role"] != "system"]
-        arguments = await toolcalls.write_arguments(
-            self.speech.complete_json, tool, conversation, heard
-        )
+        prompt = self.speech.llm.chat_prompt(toolcalls.arguments_messages(tool, conversation))
+        chosen = await toolcalls.choose_arguments(self.speech.score_options, prompt, tool, heard)
+        arguments = chosen.arguments
+        if chosen.generate or (arguments is None and forced):
+            # not all chosen from the user's words: written under the schema's grammar
+            arguments = await toolcalls.write_arguments(
+                self.speech.complete_json, tool, conversation, heard
+            )
+        elif not forced and chosen.weakest < toolcalls.ARGUMENT_FLOOR:
+            log.debug("local model: no tool (%s fits %s poorly)", decision.name, arguments)
+            arguments = None
         if arguments is None and forced:  # a call was asked for: make it anyway
             arguments = {}
         log.debug(

@@ -1,49 +1,62 @@
 """How the local brain calls function tools: first which tool (or none), then its arguments.
 
-SmolLM2 135M cannot be asked "which tool?" and trusted: asked directly it picked the right tool
-for 9 of 20 requests. It is a fair judge of how *likely* a sentence is, though, so the choice
-is made the other way round (a noisy channel): for each tool, how much likelier are the user's
-words after the tool's description than after a start that needs no tool? The tool whose
-description explains the words best wins, if it explains them by a clear margin over every
-no-tool start (:data:`NO_TOOL_CONTEXTS`); otherwise the brain answers in words. One batch of the
-user's words, scored after every description at once (:class:`~.speech.llm.ContextScorer`),
-costs tens of milliseconds.
+SmolLM2 135M cannot be asked "which tool?" and trusted: asked directly, it picked the right tool
+for 9 of 20 requests; asked the usual way (tools listed in the prompt, "reply with JSON") it
+never wrote a call at all. It is a fair judge of how *likely* a text is, though, and every
+choice here is made that way, by scoring, never by free generation:
 
-The arguments are then written by the same model under a grammar that llama.cpp builds from
-the tool's JSON schema, so they always parse and have the schema's shape. Free-text strings may
-only be runs of the user's own words: asked to write a city freely, the 135M model wrote
-"UTC+03:59" for London; made to pick among the words it heard, it copies "London". A call whose
-required numbers are not ones the user said is dropped in favour of an answer.
+1. **Which tool** (a noisy channel): how much likelier are the user's words after a tool's
+   description than after starts that need no tool (:data:`NO_TOOL_CONTEXTS`)? The best tool
+   is called if it explains the words by :data:`TOOL_MARGIN` over every such start. The words
+   are scored after every description in one batch (:class:`~.speech.llm.ContextScorer`).
+2. **The arguments**, one required argument at a time, in the schema's order: the options are
+   what the user said that fits the argument's type (a run of their words for free text, the
+   numbers they said, an ``enum``'s values, ``true``/``false``), each scored as the next thing
+   in the JSON the model is writing. Made to pick among the words it heard, the model copies
+   "London" where, writing freely, it wrote "UTC+03:59". A free-text value the model finds
+   unlikely (:data:`ARGUMENT_FLOOR`: "Thanks" as a city) means the request was not for this
+   tool after all, and the brain answers instead. Arguments of other kinds (objects, arrays)
+   are written under a grammar made from the JSON schema (:func:`write_arguments`).
 
 ``tool_choice`` is honoured as the service does: ``none`` never calls, ``required`` always
-calls (the best tool, no margin needed), a named function calls that one. At most one call is
+calls (the best tool, no margin or floor), a named function calls that one. At most one call is
 made per response, which ``parallel_tool_calls`` allows either way.
 
-Everything here but :func:`decide` and :func:`write_arguments`' model call is pure, so the
-rules are tested without a model.
+After the function's output the brain answers with it (:func:`result_facts`,
+:func:`numbers_grammar`): the output is stated as facts in the prompt, and the answer's numbers
+are held to the output's and the user's, so the time it says is the time the tool returned.
+
+Everything here but the model calls passed in is pure, so the rules are tested without a model.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "NO_TOOL_CONTEXTS",
     "TOOL_MARGIN",
+    "ARGUMENT_FLOOR",
+    "ChosenArguments",
     "ToolDecision",
     "arguments_messages",
     "choose",
+    "choose_arguments",
     "constrained_schema",
     "decide",
     "grounded",
     "parse_arguments",
     "spans",
     "tool_context",
+    "value_options",
     "write_arguments",
 ]
 
@@ -56,10 +69,18 @@ NO_TOOL_CONTEXTS: tuple[str, ...] = (
 """Starts after which a request needs no tool. The words must be likelier after a tool's
 description than after the likeliest of these, by :data:`TOOL_MARGIN`, for a call."""
 
-TOOL_MARGIN = 2.0
+TOOL_MARGIN = 1.0
 """How much likelier (natural log, summed over the request's tokens) the request must be after
-the best tool's description than after every no-tool start. Chosen on a development set of 30
-requests (benchmarks/bench_tools.py reports it on others)."""
+the best tool's description than after every no-tool start, under ``tool_choice: auto``."""
+
+ARGUMENT_FLOOR = -12.0
+"""The least log-probability a free-text argument chosen among the user's words may have
+under ``auto``: below it the model finds no word a fit ("Thanks" as a city: -27; real cities
+-3 to -11), and it answers instead of calling.
+
+Both were chosen on a development set of 30 requests (four tools, ten plain requests), where
+they gave 15 of 20 right calls and no false call; ``benchmarks/bench_tools.py`` reports them
+on 48 others."""
 
 MAX_STRING_LENGTH = 80
 """Longest string argument the grammar lets the model write (unless the schema says less)."""
@@ -142,14 +163,87 @@ async def decide(
     return choose(sums[:n], by_tool, tool_choice, margin)
 
 
-def spans(text: str, longest: int = 4, most: int = 120) -> list[str]:
-    """Runs of 1 to ``longest`` consecutive words of ``text``, as written (``most`` at most)."""
+_FUNCTION_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "in",
+        "on",
+        "at",
+        "to",
+        "of",
+        "for",
+        "from",
+        "into",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "am",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "my",
+        "your",
+        "our",
+        "me",
+        "you",
+        "i",
+        "we",
+        "he",
+        "she",
+        "they",
+        "them",
+        "what",
+        "whats",
+        "which",
+        "who",
+        "how",
+        "do",
+        "does",
+        "did",
+        "can",
+        "could",
+        "would",
+        "will",
+        "should",
+        "please",
+        "now",
+        "right",
+        "there",
+        "here",
+        "it's",
+        "what's",
+        "some",
+        "any",
+        "all",
+    }
+)
+"""Words a value does not start or end with ("in Tokyo" is "Tokyo"): fewer, likelier options."""
+
+
+def spans(text: str, longest: int = 4, most: int = 60) -> list[str]:
+    """Runs of 1 to ``longest`` consecutive words of ``text``, as written (``most`` at most),
+    that neither start nor end with a function word (:data:`_FUNCTION_WORDS`)."""
     words = [w.strip('.,!?;:"()[]{}') for w in text.split()]
     words = [w for w in words if w]
     out: list[str] = []
     for n in range(1, longest + 1):
         for i in range(len(words) - n + 1):
-            span = " ".join(words[i : i + n])
+            run = words[i : i + n]
+            if run[0].lower() in _FUNCTION_WORDS or run[-1].lower() in _FUNCTION_WORDS:
+                continue
+            span = " ".join(run)
             if span not in out:
                 out.append(span)
     return out[:most]
@@ -261,6 +355,114 @@ async def write_arguments(
     if arguments is None or not grounded(arguments, schema, heard):
         return None
     return arguments
+
+
+# ---------------------------------------------------------------------------- arguments chosen
+
+
+def value_options(
+    spec: dict[str, Any], heard: str, taken: Sequence[Any]
+) -> list[tuple[str, Any]] | None:
+    """The values an argument may take for this request, as ``(JSON text, value)``: empty
+    when nothing the user said fits (a number nobody said, no words left), ``None`` when its
+    kind is not one chosen from a list (objects, arrays, formatted strings).
+
+    Free text is a run of the user's words that repeats no word of an argument already
+    chosen (``taken``): "10 kilometers" is neither the value nor the unit once ``10`` is the
+    value. An ``enum`` gives its values, a boolean ``true`` and ``false``, a number the numbers
+    the user said.
+    """
+    kind = spec.get("type")
+    if "enum" in spec and isinstance(spec["enum"], list) and spec["enum"]:
+        return [(json.dumps(v, ensure_ascii=False), v) for v in spec["enum"][:40]]
+    if "const" in spec:
+        return [(json.dumps(spec["const"], ensure_ascii=False), spec["const"])]
+    if kind == "boolean":
+        return [("true", True), ("false", False)]
+    if kind in ("number", "integer"):
+        found: list[tuple[str, Any]] = []
+        for text in _NUMBER.findall(heard.replace(",", "")):
+            value: Any = float(text)
+            if value.is_integer():
+                value = int(value)
+            elif kind == "integer":
+                continue
+            if (json.dumps(value), value) not in found:
+                found.append((json.dumps(value), value))
+        return found
+    if kind == "string" and not any(k in spec for k in ("format", "pattern")):
+        used = {w for v in taken for w in _words(str(v))}
+        out = [(json.dumps(span, ensure_ascii=False), span) for span in spans(heard)]
+        return [o for o in out if not (_words(o[1]) & used)]
+    return None
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@dataclass
+class ChosenArguments:
+    """What :func:`choose_arguments` found: the arguments, or why there are none.
+
+    ``arguments`` is ``None`` when a required argument has no value the user said
+    (``missing``), or ``generate`` is set when one is of a kind that must be written instead
+    (an object, an array, a formatted string: :func:`write_arguments`). ``weakest`` is the
+    lowest log-probability of a free-text value chosen (0 when there is none).
+    """
+
+    arguments: dict[str, Any] | None
+    missing: str | None = None
+    generate: bool = False
+    weakest: float = 0.0
+
+
+async def choose_arguments(
+    score_options: Callable[[str, list[str]], Awaitable[list[Any]]],
+    prompt: str,
+    tool: dict[str, Any],
+    heard: str,
+) -> ChosenArguments:
+    """The call's required arguments, each chosen among :func:`value_options` by how likely
+    the model finds it next in the JSON it is writing.
+
+    ``prompt`` is the chat prompt up to the assistant's reply (the model's template applied to
+    :func:`arguments_messages`). Each option is scored with what ends it (the closing quote and
+    the next comma or brace), so a run of words cut short scores low. One batch per argument,
+    after a context that grows by the arguments chosen so far: a few decodes, where writing
+    under a grammar costs one per token (a call took 0.7 to 2 s that way).
+    """
+    schema = tool.get("parameters") or {}
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not props:
+        return ChosenArguments({})
+    if schema.get("type", "object") != "object" or not isinstance(props, dict):
+        return ChosenArguments(None, generate=True)
+    keys = [k for k in props if k in set(schema.get("required") or [])]
+    chosen: dict[str, Any] = {}
+    weakest = 0.0
+    written = "{"
+    for n, key in enumerate(keys):
+        spec = props[key] if isinstance(props[key], dict) else {}
+        options = value_options(spec, heard, list(chosen.values()))
+        if options is None:
+            return ChosenArguments(None, generate=True)
+        if not options:
+            return ChosenArguments(None, missing=key)
+        end = "}" if n == len(keys) - 1 else ","
+        head = written + json.dumps(key) + ": "
+        quoted = all(text.startswith('"') for text, _ in options)
+        if quoted:  # the opening quote is context; what follows it is the choice
+            head += '"'
+        texts = [(text[1:] if quoted else text) + end for text, _ in options]
+        scores = await score_options(prompt + head, texts)
+        best = max(range(len(options)), key=lambda i: float(scores[i].sum()))
+        chosen[key] = options[best][1]
+        if spec.get("type") == "string" and "enum" not in spec and "const" not in spec:
+            weakest = min(weakest, float(scores[best].sum()))
+        written = head + texts[best][:-1] + ("" if end == "}" else ", ")
+    log.debug("arguments of %s: %s (weakest free text %.1f)", tool.get("name"), chosen, weakest)
+    return ChosenArguments(chosen, weakest=weakest)
 
 
 # ---------------------------------------------------------------------------- answering with a result

@@ -246,6 +246,14 @@ class SharedSpeech:
         )
         return result
 
+    async def score_options(self, context: str, options: list[str]) -> list[Any]:
+        """Per-token log-probabilities of each option after ``context`` (a tool's arguments)."""
+        loop = asyncio.get_running_loop()
+        result: list[Any] = await loop.run_in_executor(
+            self._llm, lambda: self._context_scorer().score_options(context, options)
+        )
+        return result
+
     def _context_scorer(self) -> Any:
         """The model's :class:`~.speech.llm.ContextScorer`, made on first use (LLM thread)."""
         scorer = getattr(self, "_scorer", None)

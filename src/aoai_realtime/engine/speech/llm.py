@@ -159,6 +159,22 @@ class LocalLanguageModel:
         """The whole reply as one string (see :meth:`stream_reply`)."""
         return "".join(self.stream_reply(messages, **kwargs)).strip()
 
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """``messages`` (used as given) in the model's chat template, up to where the
+        assistant's reply starts: the text a :class:`ContextScorer` context continues."""
+        formatter = self.__dict__.get("_formatter")
+        if formatter is None:
+            chat_format: Any = require("llama_cpp.llama_chat_format")
+            template = self._llm.metadata.get("tokenizer.chat_template", "")
+            formatter = self._formatter = chat_format.Jinja2ChatFormatter(
+                template=template, eos_token="<|im_end|>", bos_token=""
+            )
+        chat = [
+            {"role": _ROLES.get(str(m.get("role")), "user"), "content": str(m.get("content") or "")}
+            for m in messages
+        ]
+        return str(formatter(messages=chat).prompt)
+
     def complete_json(
         self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int = 80
     ) -> str:
@@ -270,14 +286,18 @@ class LocalLanguageModel:
 
 
 class ContextScorer:
-    """Per-token log-probabilities of one text after each of several contexts, in one batch.
+    """Log-probabilities of short texts after contexts, many at once, on the loaded model.
 
-    Used to choose a function tool (see ``engine/toolcalls.py``): how much likelier the user's
-    words are after a tool's description than after a neutral start. It runs on a second
-    llama.cpp context of the already loaded model (the weights are shared; the context costs a
-    few MB of KV cache), so the chat context and its cached prompt are left alone. Each context
-    text keeps its own KV sequence between calls (``max_contexts`` of them, the least recently
-    used dropped first), so a call evaluates only the text, for every context at once.
+    It chooses a function tool and its arguments (``engine/toolcalls.py``): how much likelier
+    the user's words are after each tool's description (:meth:`score`: one text, many
+    contexts), and which of the user's words an argument takes (:meth:`score_options`: one
+    context, many texts). It runs on a second llama.cpp context of the already loaded model
+    (the weights are shared; its KV cache is a few MB), so the chat context and its cached
+    prompt are left alone. Contexts stay in the KV cache between calls, each as a sequence of
+    its own, the least recently used dropped when room runs out; a new context that starts like
+    a cached one (the same chat prompt with more of a JSON object written) copies the shared
+    start and evaluates only the rest. Contexts are read with special tokens (a chat
+    template's markers), texts without.
 
     Not thread-safe: call it from one thread at a time (the engine's LLM queue).
     """
@@ -286,10 +306,11 @@ class ContextScorer:
         self,
         model: LocalLanguageModel,
         *,
-        max_contexts: int = 10,
+        max_contexts: int = 12,
+        max_options: int = 48,
         max_text_tokens: int = 40,
-        max_outputs: int = 80,
-        n_ctx: int = 1536,
+        max_outputs: int = 96,
+        n_ctx: int = 2048,
     ) -> None:
         internals: Any = require("llama_cpp._internals")
         self._ll: Any = require("llama_cpp.llama_cpp")
@@ -298,7 +319,7 @@ class ContextScorer:
         params.n_ctx = n_ctx
         params.n_batch = n_ctx
         params.n_ubatch = 512
-        params.n_seq_max = max_contexts
+        params.n_seq_max = max_contexts + max_options
         params.kv_unified = True
         params.n_threads = model.n_threads
         params.n_threads_batch = model.n_threads
@@ -306,12 +327,16 @@ class ContextScorer:
         self._batch = internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=1, verbose=False)
         self._n_vocab = llm.n_vocab()
         self._tokenize = llm.tokenize
+        self.n_ctx = n_ctx
         self.max_contexts = max_contexts
+        self.max_options = max_options
         self.max_text_tokens = max_text_tokens
         self.max_outputs = max_outputs
-        self._budget = n_ctx // max_contexts  # KV cells a context and the text may use
-        # context text -> (sequence id, its token count, log-probabilities of the next token)
-        self._seqs: dict[str, tuple[int, int, Any]] = {}
+        self.max_context_tokens = n_ctx // 4
+        # context text -> (sequence id, its tokens, log-probabilities of the next token)
+        self._seqs: dict[str, tuple[int, list[int], Any]] = {}
+
+    # ------------------------------------------------------------------ public
 
     def tokens(self, text: str) -> list[int]:
         """``text`` as the scorer reads it (no BOS), cut to its last ``max_text_tokens``."""
@@ -324,87 +349,170 @@ class ContextScorer:
         toks = self.tokens(text)
         if not toks:
             return [np.zeros(0, dtype=np.float32) for _ in contexts]
-        rows_per_context = len(toks) - 1  # the last token predicts nothing we need
-        targets = np.array(toks[1:], dtype=np.int64)
+        rows = len(toks) - 1  # the last token predicts nothing we need
         # A few contexts at a time: llama.cpp keeps an output buffer as large as the most
         # logits a batch asked for (n_vocab floats each), so small groups keep it small.
-        group = max(1, min(self.max_contexts, self.max_outputs // max(1, rows_per_context)))
+        group = max(1, min(self.max_contexts, self.max_outputs // max(1, rows)))
         out = []
         for start in range(0, len(contexts), group):
-            names = contexts[start : start + group]
+            names = list(contexts[start : start + group])
             part = [self._sequence(c, pinned=names) for c in names]
-            log_probs = self._decode_text(np, part, toks) if rows_per_context else None
-            for k, (_, _, first) in enumerate(part):
-                values = [float(first[toks[0]])]
-                if log_probs is not None:
-                    block = log_probs[k * rows_per_context : (k + 1) * rows_per_context]
-                    values += block[np.arange(rows_per_context), targets].tolist()
-                out.append(np.array(values, dtype=np.float32))
+            placed = [(seq, len(prefix), toks) for seq, prefix, _ in part]
+            log_probs = self._decode_texts(np, placed) if rows else []
+            for (_, _, first), lp in zip(part, log_probs or [None] * len(part), strict=True):
+                out.append(_text_scores(np, first, toks, lp))
         return out
 
-    def _decode_text(self, np: Any, seqs: list[tuple[int, int, Any]], toks: list[int]) -> Any:
-        """Log-probabilities after each token of ``toks`` but the last, in each sequence."""
+    def score_options(self, context: str, options: Sequence[str]) -> list[Any]:
+        """For each option, an array of ``log P(token_i | context, option tokens before i)``."""
+        np = require("numpy")
+        seq, prefix, first = self._sequence(context, pinned=[context])
+        texts = [self.tokens(o) for o in options[: self.max_options]]
+        out: list[Any] = [np.zeros(0, dtype=np.float32)] * len(texts)
+        pending = [i for i, t in enumerate(texts) if len(t) > 1]
+        for i, toks in enumerate(texts):
+            if len(toks) == 1:
+                out[i] = _text_scores(np, first, toks, None)
+        while pending:
+            group: list[int] = []
+            rows = 0
+            while (
+                pending
+                and len(group) < self.max_options
+                and (not group or rows + len(texts[pending[0]]) - 1 <= self.max_outputs)
+            ):
+                rows += len(texts[pending[0]]) - 1
+                group.append(pending.pop(0))
+            placed = []
+            for k, i in enumerate(group):
+                scratch = self.max_contexts + k
+                self._ll.llama_memory_seq_cp(self._ctx.memory, seq, scratch, -1, -1)
+                placed.append((scratch, len(prefix), texts[i]))
+            try:
+                log_probs = self._decode_texts(np, placed)
+            finally:
+                for scratch, _, _ in placed:
+                    self._ll.llama_memory_seq_rm(self._ctx.memory, scratch, -1, -1)
+            for i, lp in zip(group, log_probs, strict=True):
+                out[i] = _text_scores(np, first, texts[i], lp)
+        return out
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()
+
+    # ------------------------------------------------------------------ KV sequences
+
+    def _decode_texts(self, np: Any, placed: list[tuple[int, int, list[int]]]) -> list[Any]:
+        """Decode each text after its sequence (at position ``start``) and give, per text, the
+        log-probabilities after each of its tokens but the last; the texts are then removed
+        from their sequences again."""
         batch = self._batch.batch
         batch.n_tokens = 0
-        for seq, n_prefix, _ in seqs:
+        for seq, start, toks in placed:
             for i, tok in enumerate(toks):
                 j = batch.n_tokens
                 batch.token[j] = tok
-                batch.pos[j] = n_prefix + i
+                batch.pos[j] = start + i
                 batch.seq_id[j][0] = seq
                 batch.n_seq_id[j] = 1
                 batch.logits[j] = i < len(toks) - 1
                 batch.n_tokens += 1
         try:
             self._ctx.decode(self._batch)
+            n_rows = sum(len(t) - 1 for _, _, t in placed)
             logits = np.ctypeslib.as_array(
-                self._ll.llama_get_logits(self._ctx.ctx),
-                shape=(len(seqs) * (len(toks) - 1), self._n_vocab),
+                self._ll.llama_get_logits(self._ctx.ctx), shape=(n_rows, self._n_vocab)
             )
-            return _log_softmax_rows(np, logits)
+            log_probs = _log_softmax_rows(np, logits)
         finally:
-            for seq, n_prefix, _ in seqs:  # forget the text, keep the context
-                self._ll.llama_memory_seq_rm(self._ctx.memory, seq, n_prefix, -1)
+            for seq, start, _ in placed:
+                self._ll.llama_memory_seq_rm(self._ctx.memory, seq, start, -1)
+        out, row = [], 0
+        for _, _, toks in placed:
+            out.append(log_probs[row : row + len(toks) - 1])
+            row += len(toks) - 1
+        return out
 
-    def _sequence(self, context: str, pinned: Sequence[str]) -> tuple[int, int, Any]:
-        """The KV sequence holding ``context`` (evaluated now if it is not cached)."""
+    def _sequence(self, context: str, pinned: Sequence[str]) -> tuple[int, list[int], Any]:
+        """The KV sequence holding ``context``, evaluated now if it is not cached (reusing
+        the longest start it shares with a cached context)."""
         np = require("numpy")
         found = self._seqs.pop(context, None)
         if found is not None:
             self._seqs[context] = found  # most recently used last
             return found
-        used = {seq for seq, _, _ in self._seqs.values()}
-        free = [s for s in range(self.max_contexts) if s not in used]
-        if not free:
-            victim = next(c for c in self._seqs if c not in pinned)
-            seq = self._seqs.pop(victim)[0]
-            self._ll.llama_memory_seq_rm(self._ctx.memory, seq, 0, -1)
-        else:
-            seq = free[0]
-        toks = list(self._tokenize(context.encode("utf-8"), add_bos=True, special=False))
-        room = self._budget - self.max_text_tokens
+        toks = list(self._tokenize(context.encode("utf-8"), add_bos=True, special=True))
+        room = self.max_context_tokens
         if len(toks) > room:  # keep BOS and the end, which leads into the text
             toks = toks[:1] + toks[len(toks) - room + 1 :]
+        self._make_room(len(toks) + self.max_text_tokens * 2, pinned)
+        used = {seq for seq, _, _ in self._seqs.values()}
+        seq = next(s for s in range(self.max_contexts) if s not in used)
+        shared, source = 0, -1
+        for other, other_toks, _ in self._seqs.values():
+            n = _common_prefix(other_toks, toks)
+            if n > shared:
+                shared, source = n, other
+        shared = min(shared, len(toks) - 1)  # the last token is decoded for its logits
+        if shared > 0:
+            self._ll.llama_memory_seq_cp(self._ctx.memory, source, seq, 0, shared)
         batch = self._batch.batch
         batch.n_tokens = 0
-        for i, tok in enumerate(toks):
-            batch.token[i] = tok
-            batch.pos[i] = i
-            batch.seq_id[i][0] = seq
-            batch.n_seq_id[i] = 1
-            batch.logits[i] = i == len(toks) - 1
+        for i, tok in enumerate(toks[shared:], start=shared):
+            j = batch.n_tokens
+            batch.token[j] = tok
+            batch.pos[j] = i
+            batch.seq_id[j][0] = seq
+            batch.n_seq_id[j] = 1
+            batch.logits[j] = i == len(toks) - 1
             batch.n_tokens += 1
-        self._ctx.decode(self._batch)
+        try:
+            self._ctx.decode(self._batch)
+        except Exception:
+            self._ll.llama_memory_seq_rm(self._ctx.memory, seq, -1, -1)
+            raise
         last = np.ctypeslib.as_array(
             self._ll.llama_get_logits_ith(self._ctx.ctx, -1), shape=(1, self._n_vocab)
         )
-        entry = (seq, len(toks), _log_softmax_rows(np, last)[0].copy())
+        entry = (seq, toks, _log_softmax_rows(np, last)[0].copy())
         self._seqs[context] = entry
         return entry
 
-    def close(self) -> None:
-        self._batch.close()
-        self._ctx.close()
+    def _make_room(self, needed: int, pinned: Sequence[str]) -> None:
+        """Drop least recently used contexts until ``needed`` more cells fit and a sequence
+        is free. Cells are counted as if no context shared any (an upper bound)."""
+
+        def used() -> int:
+            return sum(len(t) for _, t, _ in self._seqs.values())
+
+        while self._seqs and (
+            used() + needed > self.n_ctx - self.max_options * 4
+            or len(self._seqs) >= self.max_contexts
+        ):
+            victim = next((c for c in self._seqs if c not in pinned), None)
+            if victim is None:
+                break
+            seq = self._seqs.pop(victim)[0]
+            self._ll.llama_memory_seq_rm(self._ctx.memory, seq, -1, -1)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _text_scores(np: Any, first: Any, toks: list[int], log_probs: Any) -> Any:
+    """Per-token log-probabilities of ``toks``: the first from the context's next-token
+    distribution, the others from ``log_probs`` (one row after each earlier token)."""
+    values = [float(first[toks[0]])]
+    if log_probs is not None and len(toks) > 1:
+        targets = np.array(toks[1:], dtype=np.int64)
+        values += log_probs[np.arange(len(targets)), targets].tolist()
+    return np.array(values, dtype=np.float32)
 
 
 def _log_softmax_rows(np: Any, logits: Any) -> Any:
