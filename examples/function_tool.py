@@ -9,8 +9,8 @@ response that made the call is done. The turn's result includes the calls and th
 
 What it needs: an upstream whose model calls tools. Azure OpenAI (AZURE_OPENAI_ENDPOINT,
 AZURE_OPENAI_DEPLOYMENT, and AZURE_OPENAI_API_KEY or `az login`; `aoai-realtime doctor` checks
-them), or the local engine with a scripted brain that calls `get_time` (docs/scripted-brain.md).
-The local engine's default brain (SmolLM2 135M) does not call tools yet: it answers in words.
+them), or the local engine (`aoai-realtime engine`, whose default brain picks a tool by its
+description and the arguments from your words: ask plainly, e.g. "What time is it in Tokyo?").
 """
 
 from __future__ import annotations
@@ -20,18 +20,24 @@ import asyncio
 import datetime
 import sys
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import aoai_realtime as rt
 
 
 @rt.tool
-def get_time(timezone: Annotated[str, "An IANA time zone, e.g. Asia/Tokyo"] = "UTC") -> str:
+def get_time(
+    timezone: Annotated[str, "An IANA time zone or its city, e.g. Asia/Tokyo or Tokyo"] = "UTC",
+) -> str:
     """The current time in a time zone."""
     try:
         zone = ZoneInfo(timezone)
-    except ZoneInfoNotFoundError:
-        raise ValueError(f"unknown time zone {timezone!r}") from None
+    except (ZoneInfoNotFoundError, ValueError):
+        city = timezone.strip().replace(" ", "_").lower()
+        names = [z for z in available_timezones() if z.lower().rsplit("/", 1)[-1] == city]
+        if len(names) != 1:
+            raise ValueError(f"unknown time zone {timezone!r}") from None
+        zone = ZoneInfo(names[0])
     return datetime.datetime.now(zone).strftime("%H:%M")
 
 

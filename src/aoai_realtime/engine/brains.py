@@ -350,7 +350,7 @@ def _answer_with_results(request: BrainRequest) -> tuple[BrainRequest, str, str 
     without the calls, the outputs stated as facts, and a grammar that keeps the answer's
     numbers to those in the outputs and the user's words. A 135M model reads a JSON result
     badly and makes up numbers; told the facts up front and held to their numbers, it says
-    them ("The current time in Tokyo is 22:53")."""
+    them ("The answer is 23:18 in Tokyo")."""
     history = request.history
     last_user = max(
         (i for i, h in enumerate(history) if h.type == "message" and h.role == "user"),
@@ -374,7 +374,11 @@ def _answer_with_results(request: BrainRequest) -> tuple[BrainRequest, str, str 
         max_output_tokens=request.max_output_tokens,
         temperature=request.temperature,
     )
-    return trimmed, facts + " Answer with these facts.", toolcalls.numbers_grammar(numbers)
+    return (
+        trimmed,
+        facts + " Tell the user the answer in one sentence.",
+        toolcalls.numbers_grammar(numbers),
+    )
 
 
 # ---------------------------------------------------------------------------- chat completions

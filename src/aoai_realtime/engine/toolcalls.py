@@ -9,14 +9,15 @@ choice here is made that way, by scoring, never by free generation:
    description than after starts that need no tool (:data:`NO_TOOL_CONTEXTS`)? The best tool
    is called if it explains the words by :data:`TOOL_MARGIN` over every such start. The words
    are scored after every description in one batch (:class:`~.speech.llm.ContextScorer`).
-2. **The arguments**, one required argument at a time, in the schema's order: the options are
+2. **The arguments**, one at a time, in the schema's order: the options are
    what the user said that fits the argument's type (a run of their words for free text, the
    numbers they said, an ``enum``'s values, ``true``/``false``), each scored as the next thing
    in the JSON the model is writing. Made to pick among the words it heard, the model copies
    "London" where, writing freely, it wrote "UTC+03:59". A free-text value the model finds
    unlikely (:data:`ARGUMENT_FLOOR`: "Thanks" as a city) means the request was not for this
-   tool after all, and the brain answers instead. Arguments of other kinds (objects, arrays)
-   are written under a grammar made from the JSON schema (:func:`write_arguments`).
+   tool after all, and the brain answers instead. An optional argument is given only when the
+   user said a value that fits it. Arguments of other kinds (objects, arrays) are written
+   under a grammar made from the JSON schema (:func:`write_arguments`).
 
 ``tool_choice`` is honoured as the service does: ``none`` never calls, ``required`` always
 calls (the best tool, no margin or floor), a named function calls that one. At most one call is
@@ -387,7 +388,7 @@ def value_options(
                 value = int(value)
             elif kind == "integer":
                 continue
-            if (json.dumps(value), value) not in found:
+            if (json.dumps(value), value) not in found and value not in taken:
                 found.append((json.dumps(value), value))
         return found
     if kind == "string" and not any(k in spec for k in ("format", "pattern")):
@@ -438,16 +439,26 @@ async def choose_arguments(
         return ChosenArguments({})
     if schema.get("type", "object") != "object" or not isinstance(props, dict):
         return ChosenArguments(None, generate=True)
-    keys = [k for k in props if k in set(schema.get("required") or [])]
+    required = set(schema.get("required") or [])
+    keys = list(props)
     chosen: dict[str, Any] = {}
     weakest = 0.0
     written = "{"
+    heard_words = _words(heard)
     for n, key in enumerate(keys):
         spec = props[key] if isinstance(props[key], dict) else {}
         options = value_options(spec, heard, list(chosen.values()))
-        if options is None:
+        free_text = spec.get("type") == "string" and "enum" not in spec and "const" not in spec
+        if key not in required:
+            # an optional argument is given only when the user said a value for it: their
+            # words or numbers, or an enum value they named
+            if not options or (not free_text and spec.get("type") not in ("number", "integer")):
+                options = [o for o in options or [] if _words(str(o[1])) <= heard_words]
+                if not options or len(options) > 1:
+                    continue
+        elif options is None:
             return ChosenArguments(None, generate=True)
-        if not options:
+        elif not options:
             return ChosenArguments(None, missing=key)
         end = "}" if n == len(keys) - 1 else ","
         head = written + json.dumps(key) + ": "
@@ -457,10 +468,14 @@ async def choose_arguments(
         texts = [(text[1:] if quoted else text) + end for text, _ in options]
         scores = await score_options(prompt + head, texts)
         best = max(range(len(options)), key=lambda i: float(scores[i].sum()))
+        score = float(scores[best].sum())
+        if key not in required and free_text and score < ARGUMENT_FLOOR:
+            continue  # nothing the user said fits it well: left out
         chosen[key] = options[best][1]
-        if spec.get("type") == "string" and "enum" not in spec and "const" not in spec:
-            weakest = min(weakest, float(scores[best].sum()))
-        written = head + texts[best][:-1] + ("" if end == "}" else ", ")
+        if free_text:
+            weakest = min(weakest, score)
+        written = head + texts[best][:-1] + ", "
+    written = written.rstrip(", ")
     log.debug("arguments of %s: %s (weakest free text %.1f)", tool.get("name"), chosen, weakest)
     return ChosenArguments(chosen, weakest=weakest)
 
@@ -489,7 +504,7 @@ def result_facts(name: str, output: str) -> str:
 
     add("", value)
     text = "; ".join(p.replace("_", " ") for p in pairs)[:600]
-    return f"The {name.replace('_', ' ')} tool answered the user's question: {text}."
+    return f"You looked this up with {name.replace('_', ' ')}: {text}."
 
 
 def result_numbers(*texts: str) -> list[str]:
