@@ -196,6 +196,7 @@ class Result:
     arguments: str = ""
     right: bool = False
     seconds: float | None = None
+    heard: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -237,7 +238,7 @@ def judge(result: Result, call: dict[str, Any] | None, checks: dict[str, Any]) -
 
 async def ask(
     ws: aiohttp.ClientWebSocketResponse, request: str, pcm: bytes | None
-) -> tuple[dict[str, Any] | None, float | None]:
+) -> tuple[dict[str, Any] | None, float | None, str]:
     """One request, typed (``pcm`` None) or spoken; the function call made (or None) and the
     seconds from the end of the request to its arguments."""
     start = time.perf_counter()
@@ -259,12 +260,15 @@ async def ask(
         ended = asyncio.get_running_loop().create_future()
         sender = asyncio.create_task(stream(ws, pcm, ended))
     arguments_at: float | None = None
+    heard: list[str] = []
     try:
         async for msg in ws:
             event = json.loads(msg.data)
             kind = event["type"]
             if kind == "response.function_call_arguments.done" and arguments_at is None:
                 arguments_at = time.perf_counter()
+            elif kind == "conversation.item.input_audio_transcription.completed":
+                heard.append(event["transcript"])
             elif kind == "error":
                 print(f"    error: {event['error']['message']}", flush=True)
             elif kind == "response.done":
@@ -272,7 +276,7 @@ async def ask(
                 if pcm is not None:
                     start = await ended
                 seconds = None if arguments_at is None else arguments_at - start
-                return (calls[0] if calls else None), seconds
+                return (calls[0] if calls else None), seconds, " / ".join(heard)
     finally:
         if sender is not None:
             sender.cancel()
@@ -322,22 +326,24 @@ async def run(url: str, speech: dict[str, bytes] | None) -> list[Result]:
                 else:
                     session["audio"] = {
                         "input": {
-                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}
+                            "transcription": {"model": "whisper-1"},
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
                         }
                     }
                 await ws.send_json({"type": "session.update", "session": session})
                 while (await ws.receive_json())["type"] != "session.updated":
                     pass
-                call, seconds = await asyncio.wait_for(
+                call, seconds, heard = await asyncio.wait_for(
                     ask(ws, request, None if speech is None else speech[request]), 90
                 )
-            result = Result(request, want, seconds=seconds)
+            result = Result(request, want, seconds=seconds, heard=heard)
             judge(result, call, checks)
             results.append(result)
             mark = "ok " if result.right else "BAD"
             print(
                 f"    {mark} {request[:48]:48s} want {str(want):13s} got {str(result.got):13s} "
-                f"{result.arguments[:60]}",
+                f"{result.arguments[:60]}"
+                + (f"  (heard {result.heard!r})" if result.heard and not result.right else ""),
                 flush=True,
             )
     return results

@@ -304,7 +304,8 @@ def arguments_messages(
         f"{' '.join(str(tool.get('description') or '').split())[:300]}\n"
         + ("Its arguments:\n" + "\n".join(lines) + "\n" if lines else "")
         + "Reply with the arguments as JSON. Copy the values from the user's words, "
-        'for example "Find sushi in Lyon" gives {"city": "Lyon", "food": "sushi"}.'
+        'for example "How many euros is 20 dollars?" gives '
+        '{"amount": 20, "from_currency": "dollars", "to_currency": "euros"}.'
     )
     turns = [
         {"role": str(m["role"]), "content": str(m.get("content") or "")}
