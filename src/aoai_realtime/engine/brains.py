@@ -5,7 +5,8 @@ A :class:`Brain` gets a :class:`BrainRequest` (instructions, the conversation as
 and finally one :class:`BrainFinish`. The engine turns that stream into realtime events, speech
 included, so a brain knows nothing about the protocol or audio.
 
-* :class:`LocalBrain` runs SmolLM2 (from the ``[local]`` extra) on the CPU, offline.
+* :class:`LocalBrain` runs SmolLM2 (from the ``[local]`` extra) on the CPU, offline, and calls
+  function tools by scoring (``toolcalls.py``).
 * :class:`ChatCompletionsBrain` asks any OpenAI-compatible ``/chat/completions`` URL (a local
   llama.cpp or Ollama server, OpenAI, an Azure OpenAI chat deployment), streaming, with tool
   calls mapped to realtime function calls.
@@ -213,8 +214,9 @@ class LocalBrain:
     """SmolLM2 135M Instruct on the CPU, shared by every session (one generation at a time).
 
     With function tools it first decides whether to call one (``engine/toolcalls.py``: the
-    tool is chosen by how well its description explains the request, and the arguments are
-    written under a grammar made from the tool's JSON schema). A session's
+    tool is chosen by how well its description explains the request, and each argument among
+    what the user said that fits it), and after a function's output it states the result. A
+    session's
     reply is capped at ``default_max_tokens`` unless the client asks for fewer, and it reads
     the recent conversation only (2 to 17 items, see :func:`history_window`): its start moves
     rarely and then keeps little, so most turns reuse the cached prompt and the others read
