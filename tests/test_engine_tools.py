@@ -139,3 +139,42 @@ async def test_a_spoken_question_calls_the_tool(
         assert "Tokyo" in check_arguments(call)["timezone"]
         # a response that only calls a function says nothing
         assert text_of(rt.events, "response.output_audio_transcript.delta") == ""
+
+
+# ------------------------------------------------------------------------------ the rules alone
+
+
+def test_the_choice_rules_without_a_model() -> None:
+    from aoai_realtime.engine import toolcalls as tc
+
+    scores = {"current_time": -10.0, "get_weather": -14.0}
+    assert tc.choose([-12.0, -13.0], scores, "auto").name == "current_time"  # margin 2 > 1
+    assert tc.choose([-10.5], scores, "auto").name is None  # margin 0.5: answer in words
+    assert tc.choose([-10.5], scores, "required").name == "current_time"  # no margin needed
+    assert tc.choose([-10.5], {}, "required").name is None
+    # runs of the user's words, without function words at their ends
+    assert tc.spans("What time is it in Tokyo?") == ["time", "Tokyo"]
+    assert "New York" in tc.spans("Tell me the time in New York.")
+    # an argument's options: the user's words not taken by another argument, their numbers
+    unit = {"type": "string"}
+    taken = tc.value_options(unit, "Convert 10 kilometers to miles.", [10, "kilometers"])
+    assert taken is not None and [v for _, v in taken] == ["Convert", "miles"]
+    number = tc.value_options({"type": "number"}, "Convert 10 km", [])
+    assert number == [("10", 10)]
+    assert tc.value_options({"type": "integer"}, "no number here", []) == []
+    assert tc.value_options({"type": "array"}, "x", []) is None  # written under a grammar
+    day = tc.value_options({"type": "string", "enum": ["Monday", "Friday"]}, "x", [])
+    assert day == [('"Monday"', "Monday"), ('"Friday"', "Friday")]
+    # the answer after a tool may say the output's numbers and the user's, rounded too
+    assert tc.result_numbers("Convert 10 km", '{"result": 6.21371}') == [
+        "6.21371",
+        "6.21",
+        "6.2",
+        "10",
+        "6",
+    ]
+    grammar = tc.numbers_grammar(["14:05"])
+    assert grammar is not None and '"14:05"' in grammar
+    assert tc.numbers_grammar([]) is None
+    facts = tc.result_facts("current_time", '{"time": "14:05", "zone": {"name": "Asia/Tokyo"}}')
+    assert facts == "You looked this up with current time: time: 14:05; zone name: Asia/Tokyo."
