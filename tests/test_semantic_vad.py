@@ -1,0 +1,213 @@
+"""``semantic_vad``: at each pause Smart Turn v3.2 decides whether the utterance is complete.
+
+Everything is measured in audio time (milliseconds of audio fed), never by the wall clock, and
+every test sets what the model did against what silence alone would have done, so a detector
+that stopped asking the model fails. Piper draws noise for each synthesis, so the two sentences
+here were chosen for their margin over many syntheses: the complete question scores 0.96-0.99
+(the thresholds are 0.7 and 0.9), the cut-off one 0.01-0.82 (``low`` needs 0.95); its trailing
+comma gives Piper the continuing pitch of a speaker who pauses mid-sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+
+from aoai_realtime.engine.speech import turn
+from aoai_realtime.engine.speech.vad import (
+    EAGERNESS,
+    FALLBACK_SILENCE_MS,
+    TurnDetector,
+    TurnEvent,
+)
+from helpers import connect
+
+BYTES_PER_MS = 48  # PCM16 mono 24 kHz
+COMPLETE = "Can you explain how a rainbow forms after a summer storm?"
+CUT_OFF = "I would like to order a,"
+
+pytestmark = pytest.mark.skipif(
+    not turn.available(), reason="the end-of-turn model's package (pipecat-ai) is not installed"
+)
+
+
+def _feed(detector: TurnDetector, pcm: bytes, chunk: int = 20 * BYTES_PER_MS) -> list[Any]:
+    """Feed ``pcm`` in chunks: each event with the ms of audio fed when it came."""
+    out: list[tuple[TurnEvent, int]] = []
+    for i in range(0, len(pcm), chunk):
+        out += [(e, detector.total_ms) for e in detector.feed(pcm[i : i + chunk])]
+    return out
+
+
+def _kinds(events: list[tuple[TurnEvent, int]]) -> list[str]:
+    return [e.kind for e, _ in events]
+
+
+@pytest.fixture(scope="module")
+def complete(tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]) -> bytes:
+    return silence(500) + tts_wav(COMPLETE) + silence(9000)
+
+
+@pytest.fixture(scope="module")
+def cut_off(tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]) -> bytes:
+    return silence(500) + tts_wav(CUT_OFF) + silence(8500)
+
+
+# ------------------------------------------------------------------------------- the model
+
+
+def test_features_are_the_ones_smart_turn_was_trained_on(tts_wav: Callable[..., bytes]) -> None:
+    # pipecat's own extractor (numpy, in the same wheel) is the reference for the model's input
+    from pipecat.audio.turn.smart_turn._whisper_features import (
+        compute_whisper_log_mel_features,
+    )
+
+    speech = np.frombuffer(tts_wav(COMPLETE), "<i2").astype(np.float32) / 32768
+    audio = soxr.resample(speech, 24000, 16000).astype(np.float32)
+    assert audio.shape[0] < turn.WINDOW_SAMPLES
+    ours = turn.log_mel_features(audio)
+    padded = np.concatenate([np.zeros(turn.WINDOW_SAMPLES - audio.shape[0], np.float32), audio])
+    assert ours.shape == (80, 800) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, compute_whisper_log_mel_features(padded), atol=1e-5)
+    # longer than 8 s: the model hears the last 8 s
+    long = np.concatenate([audio, audio, audio])
+    np.testing.assert_allclose(
+        turn.log_mel_features(long),
+        compute_whisper_log_mel_features(long[-turn.WINDOW_SAMPLES :]),
+        atol=1e-5,
+    )
+
+
+def test_eagerness_sets_the_model_threshold_and_the_services_maximum_wait(
+    speech_stack: Any,
+) -> None:
+    waits = {e: EAGERNESS[e].max_wait_ms for e in ("low", "medium", "high", "auto")}
+    assert waits == {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+    assert EAGERNESS["auto"] == EAGERNESS["medium"]
+    assert EAGERNESS["low"].threshold > EAGERNESS["medium"].threshold > EAGERNESS["high"].threshold
+    detector = TurnDetector.semantic("high", speech_stack.new_detector())
+    assert detector.rule == EAGERNESS["high"] and detector.silence_duration_ms == 2000
+    assert speech_stack.new_turn_detector().rule is None  # server_vad asks no model
+    with pytest.raises(ValueError, match="eagerness"):
+        speech_stack.new_turn_detector(eagerness="eager")
+
+
+def test_without_the_model_eagerness_falls_back_on_pause_lengths(
+    speech_stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn, "available", lambda: False)
+    detector = speech_stack.new_turn_detector(eagerness="high")
+    assert detector.rule is None and detector.silence_duration_ms == FALLBACK_SILENCE_MS["high"]
+
+
+# ------------------------------------------------------------------------------- the detector
+
+
+@pytest.mark.parametrize("eagerness", ["high", "auto"])
+def test_a_complete_sentence_ends_at_its_pause(
+    speech_stack: Any, complete: bytes, eagerness: str
+) -> None:
+    baseline = _feed(speech_stack.new_turn_detector(silence_duration_ms=500), complete)
+    detector = speech_stack.new_turn_detector(eagerness=eagerness)
+    events = _feed(detector, complete)
+    assert _kinds(events) == _kinds(baseline) == ["speech_started", "speech_stopped"]
+    (started, _), (stopped, at_ms) = events
+    # the client sees the same events as under server_vad: the speech starts and its pause
+    # begins on the same frames; only the moment the turn ends differs
+    assert started == baseline[0][0] and stopped == baseline[1][0]
+    check = detector.last_check
+    assert check is not None and check.complete and check.pause_ms == stopped.audio_ms
+    assert check.probability >= EAGERNESS[eagerness].threshold
+    # The model ended it at the pause (64 ms, plus a chunk and the resampler's delay). Silence
+    # alone would have waited this eagerness's maximum (2 s, 4 s); low's is 8 s; server_vad
+    # ended it after its 500 ms window.
+    assert at_ms - stopped.audio_ms <= 200
+    assert at_ms - stopped.audio_ms < EAGERNESS[eagerness].max_wait_ms // 4
+    assert at_ms < baseline[1][1] - 300
+
+
+def test_a_cut_off_sentence_is_not_ended_at_its_pause_under_low(
+    speech_stack: Any, cut_off: bytes
+) -> None:
+    rule = EAGERNESS["low"]
+    # silence alone, with the pause the model is asked at, would end the turn right there
+    hasty = _feed(speech_stack.new_turn_detector(silence_duration_ms=rule.pause_ms), cut_off)
+    hasty_stops = [at for e, at in hasty if e.kind == "speech_stopped"]
+    assert hasty_stops
+    detector = speech_stack.new_turn_detector(eagerness="low")
+    events = _feed(detector, cut_off)
+    assert _kinds(events) == ["speech_started", "speech_stopped"]
+    stopped, at_ms = events[1]
+    check = detector.last_check
+    assert check is not None and not check.complete and check.probability < rule.threshold
+    assert check.pause_ms == stopped.audio_ms  # the pause the model heard is the final one
+    # it waited the whole maximum instead (a frame and a chunk more at most)
+    assert rule.max_wait_ms <= at_ms - stopped.audio_ms <= rule.max_wait_ms + 100
+    assert at_ms > hasty_stops[0] + 7000
+
+
+def test_semantic_turns_do_not_depend_on_chunk_sizes(speech_stack: Any, complete: bytes) -> None:
+    reference_detector = speech_stack.new_turn_detector(eagerness="auto")
+    reference = [e for e, _ in _feed(reference_detector, complete)]
+    check = reference_detector.last_check
+    assert check is not None and len(reference) == 2
+    for chunk in (100 * BYTES_PER_MS, 777, 7 * BYTES_PER_MS + 1):
+        detector = speech_stack.new_turn_detector(eagerness="auto")
+        assert [e for e, _ in _feed(detector, complete, chunk)] == reference, chunk
+        assert detector.last_check == check  # the model heard exactly the same audio
+
+
+# ------------------------------------------------------------------------------- the engine
+
+
+async def test_the_engine_ends_a_complete_turn_before_silence_could(
+    scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
+) -> None:
+    speech = tts_wav(COMPLETE)
+    async with connect(scripted_engine) as rt:
+        td = {"type": "semantic_vad", "eagerness": "high", "create_response": False}
+        updated = await rt.update(audio={"input": {"turn_detection": td}})
+        assert updated["session"]["audio"]["input"]["turn_detection"] == {
+            **td,
+            "interrupt_response": True,
+        }
+        # 1 s of silence: half of high's maximum wait, so only the model can end this turn
+        await rt.append(silence(500) + speech + silence(1000))
+        events = await rt.until("conversation.item.done")
+        assert [e["type"] for e in events] == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        started, stopped, committed, added, done = events
+        item_id = started["item_id"]
+        assert stopped["item_id"] == committed["item_id"] == added["item"]["id"] == item_id
+        assert set(stopped) == {"type", "event_id", "audio_end_ms", "item_id"}
+        assert 500 < started["audio_start_ms"] + 300 < stopped["audio_end_ms"]
+        assert stopped["audio_end_ms"] <= 500 + len(speech) // BYTES_PER_MS
+        assert done["item"]["content"][0]["type"] == "input_audio"
+
+
+async def test_the_engine_waits_on_a_cut_off_turn_under_low(
+    scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
+) -> None:
+    speech = tts_wav(CUT_OFF)
+    async with connect(scripted_engine) as rt:
+        td = {"type": "semantic_vad", "eagerness": "low", "create_response": False}
+        await rt.update(audio={"input": {"turn_detection": td}})
+        await rt.append(silence(500) + speech + silence(3000))
+        # the engine handles a connection's events in order: once this update is answered,
+        # every chunk before it has been through the turn detector
+        await rt.update(instructions="Be brief.")
+        assert rt.of_type("input_audio_buffer.speech_started")
+        assert not rt.of_type("input_audio_buffer.speech_stopped")  # 3 s of pause, still open
+        await rt.append(silence(5200))  # past low's 8 s
+        stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
+        assert stopped["audio_end_ms"] <= 500 + len(speech) // BYTES_PER_MS
+        await rt.wait_for("input_audio_buffer.committed")
