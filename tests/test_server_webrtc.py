@@ -223,7 +223,9 @@ async def test_a_call_gets_the_servers_session_runs_a_server_tool_and_hangs_up(
         assert status == 200 and body == {"ended": True}
         await tier.wait_calls_async(0, WAIT)
         await hung_up(peer)
-    status, body = await post(tier, f"/api/calls/{call_id}/hangup")
+    status, body = await post(tier, f"/api/calls/{call_id}/hangup")  # again: it has ended
+    assert status == 200 and body["ended"] is True
+    status, body = await post(tier, "/api/calls/call_unknown/hangup")
     assert status == 404 and body["error"]["code"] == "call_not_found"
 
 

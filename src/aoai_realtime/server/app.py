@@ -734,8 +734,11 @@ async def _call_hangup(request: web.Request) -> web.Response:
     if refused_origin is not None:
         return refused_origin
     proxy: CallProxy = request.app[CALLS_KEY]
-    if not await proxy.hangup(request.match_info["call_id"]):
-        return _refuse("call_not_found", "There is no such call (it has ended already).")
+    call_id = request.match_info["call_id"]
+    if call_id in proxy.ended:  # it ended first (the page closed its connection meanwhile)
+        return _json({"ended": True, "reason": proxy.ended[call_id]})
+    if not await proxy.hangup(call_id):
+        return _refuse("call_not_found", "There is no such call.")
     return _json({"ended": True})
 
 

@@ -36,6 +36,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ from .upstream import Upstream, Upstreams
 __all__ = ["CallProxy", "ProxiedCall", "SessionGuard"]
 
 CALL_PREFIX = "call_"
+_ENDED_KEPT = 256
 
 # Session fields and who decides them: None (always the page's: the formats and modalities),
 # a settable name (the page's when the operator lets it), or missing (the server's: locked).
@@ -395,6 +397,8 @@ class CallProxy:
         self.policy = policy
         self.observer_factory = observer_factory
         self.calls: dict[str, ProxiedCall] = {}
+        self.ended: OrderedDict[str, str] = OrderedDict()
+        """The last calls that ended (id -> why), so a hangup racing the end is answered."""
         self._changed = asyncio.Event()
 
     def __len__(self) -> int:
@@ -506,6 +510,9 @@ class CallProxy:
         finally:
             if self.calls.get(call.id) is call:
                 del self.calls[call.id]
+            self.ended[call.id] = call.end_reason
+            while len(self.ended) > _ENDED_KEPT:
+                self.ended.popitem(last=False)
             closer = getattr(call.observer, "close", None)
             if callable(closer):
                 closer()

@@ -22,6 +22,10 @@
 //   connectionOpen  whether the connection fields are shown (they fold away on Start)
 //   auth      "none" (no token needed), "needed" (api/config answered 401: the token field is
 //             shown), "refused" (the token given was refused), "token" (a token is in use)
+//   transport "webrtc" | "websocket": the transport of the current (or last) session
+//   callId    the middle tier's id of the WebRTC call (null over the WebSocket)
+//   remotePeak  the loudest RMS (0..1) heard on the WebRTC remote track, by a WebAudio analyser
+//   heardMs   {item_id: ms from the first to the last audible moment of that item} (WebRTC)
 
 import { AudioIO, AudioSetupError, RATE, base64ToBytes, bytesToBase64 } from "./audio.js";
 import {
@@ -34,6 +38,7 @@ import {
   tokenProtocols,
 } from "./realtime.js";
 import { Banner, EventLog, Meter, Stats, Status, Transcript, formatMs } from "./ui.js";
+import { WebRtcConnection } from "./webrtc.js";
 
 const DEFAULT_INSTRUCTIONS =
   "You are a helpful, friendly voice assistant. Keep your answers short and conversational.";
@@ -72,6 +77,7 @@ const ui = {
   endpoint: $("endpoint"),
   customEndpoint: $("custom-endpoint"),
   deployment: $("deployment"),
+  transport: $("transport"),
   endpointHint: $("endpoint-hint"),
   fieldError: $("field-error"),
   connectionSummary: $("connection-summary"),
@@ -123,6 +129,10 @@ const rt = {
   turnLog: [],
   connectionOpen: true,
   auth: "none",
+  transport: null,
+  callId: null,
+  remotePeak: 0,
+  heardMs: {},
 };
 window.__rt = rt;
 
@@ -155,6 +165,11 @@ class Session {
     this.pendingTyped = []; // typed messages shown before the server echoed them
     this.assistantSpoke = false;
     this.voiceSent = null;
+    this.rtc = false; // the WebRTC transport: audio on tracks, the server truncates
+    this.playing = null; // WebRTC: the response whose audio the server is playing
+    this.responseItems = new Map(); // WebRTC: response id -> its assistant item id
+    this.heard = new Map(); // WebRTC: item id -> {first, last} audible (performance.now())
+    this.heardAt = null; // WebRTC: when the answer last became audible
   }
 }
 
@@ -180,6 +195,7 @@ function updateControls() {
   if (focused === ui.start && ui.start.disabled && !ui.stop.disabled) ui.stop.focus();
   else if (focused === ui.stop && ui.stop.disabled && !ui.start.disabled) ui.start.focus();
   ui.endpoint.disabled = busy;
+  ui.transport.disabled = busy || ui.transport.options.length < 2;
   // A field that does not apply to the endpoint chosen is disabled, not left to be ignored.
   const fields = endpointFields();
   ui.customEndpoint.disabled = busy || !fields.customEndpoint;
@@ -430,6 +446,14 @@ function applyConfig(cfg) {
   if (endpoints.some((ep) => ep.id === preferred)) ui.endpoint.value = preferred;
   updateEndpointFields();
 
+  const transports = Array.isArray(cfg.transports) ? cfg.transports : ["websocket"];
+  for (const node of [...ui.transport.options]) {
+    if (!transports.includes(node.value)) node.remove();
+  }
+  ui.transport.value = transports.includes(cfg.default_transport)
+    ? cfg.default_transport
+    : ui.transport.options[0]?.value || "websocket";
+
   const voices = Array.isArray(cfg.voices) && cfg.voices.length ? cfg.voices : DEFAULT_VOICES;
   ui.voice.replaceChildren(...voices.map((v) => option(v, v)));
   ui.voice.value = voices.includes(cfg.default_voice) ? cfg.default_voice : voices[0];
@@ -512,10 +536,17 @@ async function start() {
   rt.lastError = null;
   const s = new Session();
   current = s;
+  s.rtc = chosenTransport() === "webrtc";
+  rt.transport = s.rtc ? "webrtc" : "websocket";
+  rt.callId = null;
   setState("connecting");
   // The fields are set: fold them to one line, so the conversation gets the screen.
   connectionFoldable = true;
   setConnectionOpen(false);
+  if (s.rtc) {
+    startCall(s, target);
+    return;
+  }
   // Created synchronously inside the click, so the browser lets the AudioContext run.
   s.audio = new AudioIO({
     onFrame: (pcm) => sendAudio(s, pcm),
@@ -546,6 +577,47 @@ async function start() {
     );
   } catch (err) {
     if (current === s) fail(s, describeStartError(err, url));
+    if (err && err.code === "connect_failed" && rt.auth === "token") recheckToken();
+  }
+}
+
+/** The transport chosen: WebRTC when the server and the endpoint chosen offer it. */
+function chosenTransport() {
+  if (ui.transport.value !== "webrtc") return "websocket";
+  const ep = config && Array.isArray(config.endpoints)
+    ? config.endpoints.find((e) => e.id === ui.endpoint.value)
+    : null;
+  return !ep || ep.webrtc !== false ? "webrtc" : "websocket";
+}
+
+/** Start a WebRTC call: the offer through the middle tier, the session chosen with it. */
+async function startCall(s, target) {
+  // Created synchronously inside the click (its AudioContext may then run).
+  s.conn = new WebRtcConnection(target, {
+    onEvent: (event) => onEvent(s, event),
+    onClose: (info) => onClose(s, info),
+    onSend: (event) => record("out", sentSummary(event)),
+    onLevels: (levels) => onLevels(s, levels),
+    onHeard: (at) => onHeard(s, at),
+    token: accessToken,
+  });
+  try {
+    await s.conn.open(buildSessionUpdate(readSettings(), settable).session, TIMEOUT_MS);
+    if (current !== s) return;
+    rt.callId = s.conn.callId;
+    s.timer = setTimeout(
+      () =>
+        fail(s, {
+          type: "client_error",
+          code: "no_session",
+          message: `The call started but no session.created arrived within ${TIMEOUT_MS / 1000} s. Check the server log, then press Start again.`,
+        }),
+      TIMEOUT_MS,
+    );
+  } catch (err) {
+    if (current !== s) return;
+    if (err && err.relay) fail(s, err.relay);
+    else fail(s, describeStartError(err, new URL("api/calls", location.href).toString()));
     if (err && err.code === "connect_failed" && rt.auth === "token") recheckToken();
   }
 }
@@ -600,6 +672,14 @@ function teardown(s) {
 
 function onClose(s, info) {
   if (current !== s) return;
+  if (s.rtc) {
+    fail(s, {
+      type: "connection_closed",
+      code: "call_ended",
+      message: `The call ended (${info.reason}). Press Start to call again.`,
+    });
+    return;
+  }
   const reason = info.reason ? `: ${info.reason}` : "";
   const hint =
     info.code === 1009
@@ -638,6 +718,12 @@ function sendSessionUpdate(s) {
   }
   const update = buildSessionUpdate(settings, settable);
   if (update.session.audio.output.voice) s.voiceSent = update.session.audio.output.voice;
+  if (s.rtc) {
+    // Through the middle tier's policy, not straight to the upstream on the data channel.
+    record("out", { type: "session.update" });
+    s.conn.updateSession(update.session).catch(() => {});
+    return;
+  }
   send(s, update);
 }
 
@@ -671,7 +757,7 @@ function handleEvent(s, event) {
   switch (event.type) {
     case "session.created":
       clearTimeout(s.timer);
-      sendSessionUpdate(s);
+      if (!s.rtc) sendSessionUpdate(s); // a call was made with the session already
       s.ready = true;
       setState("connected", connectedDetail());
       transcript.marker("<< Session Started >>");
@@ -679,7 +765,7 @@ function handleEvent(s, event) {
     case "input_audio_buffer.speech_started":
       transcript.marker("<< Speech Started >>");
       s.pendingTurn = null;
-      interruptPlayback(s);
+      if (!s.rtc) interruptPlayback(s); // over WebRTC the server cuts and truncates itself
       break;
     case "input_audio_buffer.speech_stopped":
       startTurn(s, "voice");
@@ -691,6 +777,9 @@ function handleEvent(s, event) {
     case "conversation.item.done":
     case "response.output_item.added":
     case "response.output_item.done":
+      if (event.response_id && event.item?.role === "assistant" && !s.responseItems.has(event.response_id)) {
+        s.responseItems.set(event.response_id, event.item.id);
+      }
       onItem(s, event.item, event.type.endsWith(".done"));
       break;
     case "conversation.item.input_audio_transcription.delta":
@@ -734,7 +823,16 @@ function handleEvent(s, event) {
     case "response.done":
       onResponseDone(s, event.response || {});
       break;
+    case "output_audio_buffer.started":
+      onPlayoutStarted(s, event.response_id);
+      break;
+    case "output_audio_buffer.stopped":
+    case "output_audio_buffer.cleared":
+      if (!event.response_id || s.playing === event.response_id) s.playing = null;
+      ui.speaking.hidden = true;
+      break;
     case "conversation.item.truncated":
+      if (s.rtc) rt.playedMs[event.item_id] = event.audio_end_ms; // what the server played
       transcript.tag(event.item_id, `interrupted at ${formatMs(event.audio_end_ms)}`, "interrupted");
       break;
     case "error":
@@ -950,6 +1048,7 @@ async function interruptPlayback(s) {
 
 /** The Interrupt button, Esc, and a typed message while the assistant talks. */
 async function interruptAssistant(s) {
+  if (s.rtc) return interruptCall(s);
   const cancel = !!s.activeResponse;
   await interruptPlayback(s);
   if (cancel && current === s && s.activeResponse) {
@@ -958,6 +1057,64 @@ async function interruptAssistant(s) {
     return true;
   }
   return false;
+}
+
+/**
+ * WebRTC: stop the assistant. The server knows what it played: output_audio_buffer.clear cuts
+ * the playout, cancels the response still generating and truncates the item there. Returns
+ * true when a response.done (cancelled) will follow.
+ */
+function interruptCall(s) {
+  const generating = !!s.activeResponse;
+  if (s.playing) {
+    if (generating) s.cancelSent = true;
+    send(s, { type: "output_audio_buffer.clear" });
+    ui.speaking.hidden = true;
+    return generating;
+  }
+  if (generating) {
+    s.cancelSent = true;
+    send(s, { type: "response.cancel" });
+    return true;
+  }
+  return false;
+}
+
+/** WebRTC: the server started playing a response's audio on the call's track. */
+function onPlayoutStarted(s, responseId) {
+  s.playing = responseId || null;
+  s.assistantSpoke = true;
+  ui.speaking.hidden = false;
+  // Heard already (the audio can outrun the event on the data channel)?
+  if (s.heardAt !== null && s.conn && s.conn.loud) onHeard(s, s.heardAt);
+}
+
+/** WebRTC: the answer became audible on the remote track (the analyser says so). */
+function onHeard(s, at) {
+  if (current !== s) return;
+  s.heardAt = at;
+  const rid = s.playing;
+  if (!rid) return;
+  const turn = s.pendingTurn;
+  if (turn && turn.responses.has(rid)) {
+    turn.audio = true;
+    endTurn(s, at, "audio", s.responseItems.get(rid) || null);
+  }
+}
+
+/** WebRTC: the levels of the microphone and of the answer, every 20 ms. */
+function onLevels(s, levels) {
+  if (current !== s) return;
+  meter.set(levels.mic);
+  if (levels.remote > rt.remotePeak) rt.remotePeak = levels.remote;
+  const itemId = s.playing && s.responseItems.get(s.playing);
+  if (levels.loud && itemId) {
+    const now = performance.now();
+    const heard = s.heard.get(itemId) || { first: now, last: now };
+    heard.last = now;
+    s.heard.set(itemId, heard);
+    rt.heardMs[itemId] = Math.round(heard.last - heard.first);
+  }
 }
 
 function onPlayback(s, msg) {
@@ -1016,7 +1173,16 @@ function turnText(s, event) {
 function turnResponseDone(s, response) {
   const turn = s.pendingTurn;
   if (!turn || !turn.responses.has(response.id) || turn.audio || !turn.text) return;
+  if (s.rtc && hasAudio(response)) return; // its audio plays after it is done: heard later
   endTurn(s, turn.text.at, "text", turn.text.itemId);
+}
+
+/** Whether a done response carries audio (over WebRTC it is heard on the track, later). */
+function hasAudio(response) {
+  const output = Array.isArray(response.output) ? response.output : [];
+  return output.some(
+    (item) => Array.isArray(item?.content) && item.content.some((part) => part?.type === "output_audio"),
+  );
 }
 
 function endTurn(s, at, until, itemId) {

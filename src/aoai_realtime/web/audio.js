@@ -35,7 +35,7 @@ export class AudioSetupError extends Error {
   }
 }
 
-function describeMicError(err) {
+export function describeMicError(err) {
   const name = err && err.name;
   if (name === "NotAllowedError" || name === "SecurityError") {
     return new AudioSetupError(
