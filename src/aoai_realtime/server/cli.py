@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "every request itself (anyone reaching this port could use the upstream)",
     )
     parser.add_argument(
+        "--client-secrets",
+        action="store_true",
+        help="let the page ask for a short-lived client secret (its session fixed by the "
+        "server) and POST its WebRTC offer to the upstream itself; off by default: the middle "
+        "tier proxies every offer and the browser never holds a key",
+    )
+    parser.add_argument(
         "--record",
         metavar="FILE.jsonl",
         default=None,
@@ -379,6 +386,7 @@ def prepare(args: argparse.Namespace) -> tuple[ServerConfig, Upstreams]:
         token=_resolve_token(args),
         no_auth=args.no_auth,
         resume=not args.no_resume,
+        client_secrets=args.client_secrets,
         observer_factory=recorder_factory(args.record) if args.record else None,
     )
     problem = exposure_problem(config)
