@@ -57,6 +57,9 @@ RUN if [ "$LOCAL" = 1 ]; then \
       target="."; \
     fi \
     && /opt/aoai-realtime/bin/pip install --no-cache-dir "$target" \
+    && if [ "$LOCAL" = 1 ]; then \
+      /opt/aoai-realtime/bin/pip install --no-cache-dir --no-deps "pipecat-ai==1.14.0"; \
+    fi \
     && /opt/aoai-realtime/bin/aoai-realtime serve --help > /dev/null
 
 # ---- the image: the base image, the virtual environment, an unprivileged user

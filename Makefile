@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PIPECAT_VERSION := 1.14.0
 # llama-cpp-python compiles from source: build for a portable x86-64 (AVX2) rather than -march=native,
 # whose AMX kernels fault on some virtual machines.
 ifeq ($(shell uname -m),x86_64)
@@ -33,6 +34,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	  kill -0 $$pid 2>/dev/null && echo "  ... $$(grep -E '^ *(Collecting|Downloading|Building|Installing|Running)' $(VENV)/install.log | tail -n 1 | cut -c1-110)"; \
 	done; \
 	if wait $$pid; then echo "  installed"; else tail -n 40 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log" >&2; exit 1; fi
+	@# semantic_vad's end-of-turn model: only the file inside the wheel is used (pyproject.toml)
+	$(BIN)/pip install --quiet --no-deps "pipecat-ai==$(PIPECAT_VERSION); python_version >= '3.11'" >> $(VENV)/install.log 2>&1
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -11,6 +11,7 @@ comma gives Piper the continuing pitch of a speaker who pauses mid-sentence.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,11 +61,25 @@ def cut_off(tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]) -> b
 # ------------------------------------------------------------------------------- the model
 
 
+def _pipecat_extractor() -> Callable[[np.ndarray], np.ndarray]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pipecat")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations)))
+    path = path / "audio" / "turn" / "smart_turn" / "_whisper_features.py"
+    loaded = importlib.util.spec_from_file_location("pipecat_whisper_features", path)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    extract: Callable[[np.ndarray], np.ndarray] = module.compute_whisper_log_mel_features
+    return extract
+
+
 def test_features_are_the_ones_smart_turn_was_trained_on(tts_wav: Callable[..., bytes]) -> None:
-    # pipecat's own extractor (numpy, in the same wheel) is the reference for the model's input
-    from pipecat.audio.turn.smart_turn._whisper_features import (
-        compute_whisper_log_mel_features,
-    )
+    # pipecat's own extractor (numpy only, in the same wheel) is the reference for the model's
+    # input; it is loaded from its file, as pipecat itself is installed without its dependencies
+    compute_whisper_log_mel_features = _pipecat_extractor()
 
     speech = np.frombuffer(tts_wav(COMPLETE), "<i2").astype(np.float32) / 32768
     audio = soxr.resample(speech, 24000, 16000).astype(np.float32)
