@@ -204,6 +204,7 @@ class ProxiedCall:
         self._outputs_sent: set[str] = set()
         self._outputs_seen: set[str] = set()
         self._refused_items: set[str] = set()
+        self._tainted: set[str] = set()
         self._active_responses: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
@@ -289,11 +290,20 @@ class ProxiedCall:
             self._active_responses.add(rid)
             if self.guard.violating:
                 # created under a session the server did not allow: it does not run
+                self._tainted.add(rid)
                 await self._cancel(rid, "created while the session was out of policy")
             return
         if kind == "response.done":
-            rid = str((event.get("response") or {}).get("id") or "")
+            response = event.get("response") or {}
+            rid = str(response.get("id") or "")
             self._active_responses.discard(rid)
+            if rid in self._tainted:
+                # it ended before the cancel arrived (a fast model): what it said does not stay
+                # in the conversation
+                self._tainted.discard(rid)
+                for item in response.get("output") or []:
+                    if isinstance(item, dict) and item.get("id"):
+                        await self._delete(str(item["id"]), "said while out of policy")
         items = ("response.output_item.added", "conversation.item.added")
         if kind in items and await self._foreign_item(event):
             return
@@ -336,11 +346,17 @@ class ProxiedCall:
         if isinstance(rid, str) and rid in self._active_responses:
             await self._cancel(rid, why)
         if item_id:
-            self._refused_items.add(item_id)
-            self.stats.deleted += 1
-            with contextlib.suppress(ChannelClosed):
-                await self.send({"type": "conversation.item.delete", "item_id": item_id})
+            await self._delete(item_id, why)
         return True
+
+    async def _delete(self, item_id: str, why: str) -> None:
+        if item_id in self._refused_items and why == "said while out of policy":
+            return  # deleted already (a call of a tool that is not the server's)
+        self._refused_items.add(item_id)
+        self.stats.deleted += 1
+        log("call.item_deleted", 30, conn=self.id, item_id=item_id, why=why)
+        with contextlib.suppress(ChannelClosed):
+            await self.send({"type": "conversation.item.delete", "item_id": item_id})
 
     async def _cancel(self, response_id: str, why: str) -> None:
         log("call.response_cancelled", 30, conn=self.id, response_id=response_id, why=why)
