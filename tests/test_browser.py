@@ -114,7 +114,7 @@ def test_spoken_conversation_barge_in_typed_message_tool_and_stop(
     base = wait_idle(browser_engine)  # the previous test's sessions may still be closing
     b = open_browser(wav)
     page = b.page
-    page.goto(web.url)
+    page.goto(web.url + "?transport=websocket")
     b.wait(
         "document.getElementById('start') && !document.getElementById('start').disabled",
         what="the page to load its configuration",
@@ -232,7 +232,7 @@ def test_upstream_failure_shows_one_message_and_start_works_again(
     wav = write_wav(tmp_path / "quiet.wav", silence(30000))
     b = open_browser(wav)
     page = b.page
-    page.goto(web.url)
+    page.goto(web.url + "?transport=websocket")
     b.wait("!document.getElementById('start').disabled", what="the page to load")
 
     # the engine refuses the upstream handshake with 401

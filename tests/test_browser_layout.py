@@ -94,7 +94,7 @@ def test_controls_stay_in_reach_and_typed_turns_count(
     b = browser
     page = b.page
     page.set_viewport_size(viewport)
-    page.goto(web.url)
+    page.goto(web.url + "?transport=websocket")
     b.wait("!document.getElementById('start').disabled", what="the page to load")
     assert page.locator("#endpoint").input_value() == "local"
 
@@ -203,7 +203,7 @@ def test_failed_start_opens_the_fields_again(web: ServerThread, browser: Browser
     b = browser
     page = b.page
     page.set_viewport_size(PHONE)
-    page.goto(web.url)
+    page.goto(web.url + "?transport=websocket")
     b.wait("!document.getElementById('start').disabled", what="the page to load")
     b.start_refused(web, "refuse:401")
     # the fields are back (the fix may be there), the summary line can fold them

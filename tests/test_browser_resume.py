@@ -74,7 +74,7 @@ def browser(chromium_path: str, tmp_path: Path) -> Iterator[Browser]:
 
 
 def start(b: Browser, server: ServerThread) -> None:
-    b.page.goto(server.url)
+    b.page.goto(server.url + "?transport=websocket")
     b.wait("!document.getElementById('start').disabled", what="the page to load")
     b.page.click("#start")
     b.wait("rt.state === 'connected'", 20, "the session to start")

@@ -52,7 +52,7 @@ def test_asked_by_voice_the_local_brain_runs_the_tool_and_speaks_its_result(
     b = Browser(chromium_path, wav)
     try:
         page = b.page
-        page.goto(web.url)
+        page.goto(web.url + "?transport=websocket")
         b.wait(
             "document.getElementById('start') && !document.getElementById('start').disabled",
             what="the page to load its configuration",

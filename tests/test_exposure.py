@@ -501,12 +501,12 @@ def test_page_asks_for_the_token_once_and_connects_with_it(
     try:
         page = b.page
         # without a token to ask for, the page is as it always was: no field
-        page.goto(loopback.url)
+        page.goto(loopback.url + "?transport=websocket")
         b.wait("!document.getElementById('start').disabled", what="the page to load")
         assert b.rt("rt.auth") == "none" and not page.locator("#token-form").is_visible()
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
-        page.goto(guarded.url)
+        page.goto(guarded.url + "?transport=websocket")
         b.wait("rt.auth === 'needed'", what="api/config to answer 401")
         assert page.locator("#token-form").is_visible()
         assert page.locator("#start").is_disabled()

@@ -450,8 +450,11 @@ function applyConfig(cfg) {
   for (const node of [...ui.transport.options]) {
     if (!transports.includes(node.value)) node.remove();
   }
-  ui.transport.value = transports.includes(cfg.default_transport)
-    ? cfg.default_transport
+  // ?transport=websocket (or webrtc) in the page's URL picks one, where the server offers it
+  const wanted = new URLSearchParams(location.search).get("transport");
+  const transport = transports.includes(wanted) ? wanted : cfg.default_transport;
+  ui.transport.value = transports.includes(transport)
+    ? transport
     : ui.transport.options[0]?.value || "websocket";
 
   const voices = Array.isArray(cfg.voices) && cfg.voices.length ? cfg.voices : DEFAULT_VOICES;
