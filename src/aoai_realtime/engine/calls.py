@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import BodyPartReader, web
 
+from .._changes import Changes
 from ..channel import AiohttpChannel, Channel, memory_pair
 from ..protocol.dialect import Dialect
 from ..protocol.errors import ProtocolError
@@ -122,7 +123,7 @@ class CallRegistry:
         self.new_connection = new_connection
         self.secrets = ClientSecrets()
         self.calls: dict[str, Call] = {}
-        self._changed = asyncio.Event()
+        self._changes = Changes()
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -213,25 +214,12 @@ class CallRegistry:
         await call.ended.wait()
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.notify()
 
     async def wait_calls(self, count: int, timeout: float = 10.0) -> None:
         """Return once exactly ``count`` calls are live; ``TimeoutError`` after ``timeout``
         seconds (woken by each call that starts or ends, never polled)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.calls) != count:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(
-                    f"the engine holds {len(self.calls)} calls, not {count}, after {timeout:g} s"
-                )
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+        await self._changes.wait_for(lambda: len(self.calls), count, timeout, "the engine", "calls")
 
     # ------------------------------------------------------------------ sidebands
 

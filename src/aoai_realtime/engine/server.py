@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
+from .._changes import Changes
 from .._threads import LoopThread, Stop, give_back_memory, start_site
 from ..channel import AiohttpChannel, Channel, memory_pair
 from ..protocol.errors import ProtocolError
@@ -85,7 +86,7 @@ class Engine:
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         """The runs of in-memory connections (a socket's run is its aiohttp handler)."""
-        self._changed = asyncio.Event()
+        self._changes = Changes()
         self.calls = CallRegistry(
             self, lambda channel, admission: Connection(self, channel, admission)
         )
@@ -112,26 +113,14 @@ class Engine:
             give_back_memory()
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.notify()
 
     async def wait_sessions(self, count: int, timeout: float = 10.0) -> None:
         """Return once the engine holds exactly ``count`` sessions; ``TimeoutError`` after
         ``timeout`` seconds (woken by each connection that opens or ends, never polled)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.connections) != count:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(
-                    f"the engine holds {len(self.connections)} sessions, not {count}, "
-                    f"after {timeout:g} s"
-                )
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+        await self._changes.wait_for(
+            lambda: len(self.connections), count, timeout, "the engine", "sessions"
+        )
 
     # ------------------------------------------------------------------ connections
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._changes import Changes
 from ..channel import Channel, ChannelClosed
 from ..protocol.tools import TOOL_EVENTS, RunCall, ToolCall, ToolTurn, TurnEnd
 from .errors import RelayError
@@ -415,7 +416,7 @@ class CallProxy:
         self.calls: dict[str, ProxiedCall] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()
         """The last calls that ended (id -> why), so a hangup racing the end is answered."""
-        self._changed = asyncio.Event()
+        self._changes = Changes()
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -569,20 +570,11 @@ class CallProxy:
         )
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.notify()
 
     async def wait_calls(self, count: int, timeout: float = 10.0) -> None:
         """Return once exactly ``count`` calls are live (woken by each change, never polled);
         ``TimeoutError`` after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.calls) != count:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(
-                    f"the middle tier holds {len(self.calls)} calls, not {count}, after "
-                    f"{timeout:g} s"
-                )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+        await self._changes.wait_for(
+            lambda: len(self.calls), count, timeout, "the middle tier", "calls"
+        )
