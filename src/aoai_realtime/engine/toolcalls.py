@@ -531,4 +531,4 @@ def numbers_grammar(numbers: Sequence[str]) -> str | None:
     if not numbers:
         return None
     alternatives = " | ".join(json.dumps(n) for n in numbers[:200])
-    return f"root ::= (char | num)+\nchar ::= [^0-9\\n]\nnum ::= {alternatives}\n"
+    return f"root ::= (char | num)+\nchar ::= [^0-9:\\n]\nnum ::= {alternatives}\n"
