@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	done; \
 	if wait $$pid; then echo "  installed"; else tail -n 40 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log" >&2; exit 1; fi
 	@# semantic_vad's end-of-turn model: only the file inside the wheel is used (pyproject.toml)
-	$(BIN)/pip install --quiet --no-deps "pipecat-ai==$(PIPECAT_VERSION); python_version >= '3.11'" >> $(VENV)/install.log 2>&1
+	$(BIN)/pip install --quiet --no-deps "pipecat-ai==$(PIPECAT_VERSION)" >> $(VENV)/install.log 2>&1
 	touch $(STAMP)
 
 run: $(STAMP)
