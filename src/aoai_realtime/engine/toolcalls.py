@@ -513,22 +513,48 @@ def result_facts(name: str, output: str) -> str:
 
 
 def result_numbers(*texts: str) -> list[str]:
-    """Numbers an answer may say: those in the texts, with decimals also rounded (6.21371:
-    6.2, 6.21 and 6), longest first so the grammar prefers the whole number."""
+    """Numbers an answer may say: those in the texts (in a JSON text, in its values only, not
+    its keys: ``time_24h`` is no number to say), with decimals also rounded (6.21371: 6.2, 6.21
+    and 6), longest first."""
     found: set[str] = set()
     for text in texts:
-        for number in _RESULT_NUMBER.findall(text):
-            found.add(number)
-            if number.count(".") == 1 and ":" not in number:
-                f = float(number)
-                found.update({f"{f:.1f}", f"{f:.2f}", str(round(f))})
+        for value in _values(text):
+            for number in _RESULT_NUMBER.findall(value):
+                found.add(number)
+                if number.count(".") == 1 and ":" not in number:
+                    f = float(number)
+                    found.update({f"{f:.1f}", f"{f:.2f}", str(round(f))})
     return sorted(found, key=lambda n: (-len(n), n))
 
 
+def _values(text: str) -> list[str]:
+    """The scalar values of a JSON text as strings, or the text itself if it is not JSON."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return [text]
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif node is not None and not isinstance(node, bool):
+            out.append(str(node))
+
+    walk(parsed)
+    return out
+
+
 def numbers_grammar(numbers: Sequence[str]) -> str | None:
-    """A GBNF grammar for one line of text whose numbers are all in ``numbers`` (``None``
-    when there are none: the answer is then unconstrained)."""
+    """A GBNF grammar for one line of text whose numbers are all in ``numbers``, said whole
+    and apart (``None`` when there are none: the answer is then unconstrained)."""
     if not numbers:
         return None
     alternatives = " | ".join(json.dumps(n) for n in numbers[:200])
-    return f"root ::= (char | num)+\nchar ::= [^0-9:\\n]\nnum ::= {alternatives}\n"
+    # A number is followed by a character that is not part of a number: "2026" and "12:10"
+    # cannot be joined into "202612:10", nor "2026-12" be made of two; no arithmetic signs.
+    return f"root ::= (char | num char)+ num?\nchar ::= [^0-9:+*/=\\n-]\nnum ::= {alternatives}\n"

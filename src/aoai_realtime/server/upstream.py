@@ -369,21 +369,7 @@ class Upstreams:
         request_id = new_request_id()
         if up.kind == "local" and self.local is not None and self.local.in_process:
             return await self._connect_in_memory(up, url, conn_id, request_id, resume)
-        try:
-            auth = await up.credential.headers()
-        except AuthError as exc:
-            log("upstream.auth_failed", 30, conn=conn_id, error=str(exc))
-            raise RelayError(
-                "upstream_unauthorized",
-                f"The server could not get a token for {up.label}: {exc}",
-            ) from exc
-        except Exception as exc:
-            log("upstream.auth_failed", 30, conn=conn_id, error=repr(exc))
-            raise RelayError(
-                "upstream_unauthorized",
-                f"The server could not get credentials for {up.label} ({type(exc).__name__}): "
-                f"{up.credential_hint}.",
-            ) from exc
+        auth = await self._auth_headers(up, conn_id)
         headers = {**auth, REQUEST_ID_HEADER: request_id}
         log(
             "upstream.connect",
