@@ -30,11 +30,11 @@ def local_engine(speech_stack: Any) -> Iterator[Any]:
     yield from engine_thread(speech_stack, brain="local")
 
 
-CLOCK = {"time": "14:05", "date": "Tuesday 01 December 2026", "timezone": "Asia/Tokyo"}
+CLOCK = {"time": "2:05 PM", "time_24h": "14:05", "date": "Tuesday 1 December 2026"}
 
 
 def fixed_current_time(timezone: str) -> dict[str, Any]:
-    return {**CLOCK, "asked": timezone}
+    return {**CLOCK, "timezone": timezone}
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,10 @@ def test_asked_by_voice_the_local_brain_runs_the_tool_and_speaks_its_result(
         tool = page.locator("#transcript .msg.tool")
         assert tool.locator(".tool-name").inner_text() == "current_time"
         assert "Tokyo" in json.loads(tool.locator(".tool-args").inner_text())["timezone"]
-        assert '"time": "14:05"' in tool.locator(".tool-output").inner_text()
+        assert '"time": "2:05 PM"' in tool.locator(".tool-output").inner_text()
 
         # the answer says that time, and is heard
-        b.wait(shown("assistant", "n.textContent.includes('14:05')"), 40, "an answer saying 14:05")
+        b.wait(shown("assistant", "n.textContent.includes('2:05')"), 40, "an answer saying 2:05")
         b.wait("rt.turnLog.length >= 1", 30, "the turn's first audio")
         assert b.rt("rt.lastError") is None
         page.click("#stop")

@@ -323,7 +323,7 @@ def test_chat_answers_a_message_and_a_function_call(tmp_path: Path, cli_text_eng
         term.expect(r"you> ")
         term.type("what time is it?")
         term.expect(r'-> current_time\(\{"timezone": "UTC"\}\)')
-        term.expect(r'<- current_time: \{"time": "\d\d:\d\d", "date": ')
+        term.expect(r'<- current_time: \{"time": "\d\d?:\d\d [AP]M", "time_24h": "\d\d:\d\d"')
         term.expect(r"assistant> The clock says \{")
         term.expect(r"you> ")
         term.type("/voice sage")

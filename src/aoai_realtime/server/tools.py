@@ -51,9 +51,10 @@ def current_time(timezone: str) -> dict[str, Any]:
         ) from None
     now = _dt.datetime.now(zone)
     offset = now.strftime("%z")
-    return {  # what a voice answer says first comes first
-        "time": now.strftime("%H:%M"),
-        "date": now.strftime("%A %d %B %Y"),
+    return {  # what a voice answer says first comes first, as a person says it
+        "time": now.strftime("%I:%M %p").lstrip("0"),
+        "time_24h": now.strftime("%H:%M"),
+        "date": f"{now.strftime('%A')} {now.day} {now.strftime('%B %Y')}",
         "timezone": name,
         "abbreviation": now.tzname(),
         "utc_offset": f"{offset[:3]}:{offset[3:]}" if offset else "+00:00",
