@@ -316,36 +316,20 @@ class SessionConfig(BaseModel):
             _check_preview_nested(session)
             if isinstance(session.get("voice"), dict):  # custom voices are GA's
                 raise invalid_type("session.voice", "a string", session["voice"])
-        data: dict[str, Any] = {}
-        for name in (
-            "model",
-            "instructions",
-            "tools",
-            "tool_choice",
-            "temperature",
-            "voice",
-            "speed",
-            "tracing",
-            "client_secret",
-        ):
-            if name in session:
-                data[name] = session[name]
-        if "modalities" in session:
-            data["output_modalities"] = preview_modalities(session["modalities"], "session")
-        if "input_audio_format" in session:
-            data["input_format"] = session["input_audio_format"]
-        if "output_audio_format" in session:
-            data["output_format"] = session["output_audio_format"]
-        if "input_audio_transcription" in session:
-            data["transcription"] = session["input_audio_transcription"]
-        if "turn_detection" in session:
-            td = session["turn_detection"]
-            off = td is None or (isinstance(td, dict) and td.get("type") == "none")
-            data["turn_detection"] = None if off else td
-        if "input_audio_noise_reduction" in session:
-            data["noise_reduction"] = session["input_audio_noise_reduction"]
-        if "max_response_output_tokens" in session:
-            data["max_output_tokens"] = session["max_response_output_tokens"]
+        data = _from_preview_fields(
+            session,
+            (
+                "model",
+                "instructions",
+                "tools",
+                "tool_choice",
+                "temperature",
+                "voice",
+                "speed",
+                "tracing",
+                "client_secret",
+            ),
+        )
         return _validate_preview(data, strict=strict)
 
     # ------------------------------------------------------------------ preview transcription
@@ -376,23 +360,46 @@ class SessionConfig(BaseModel):
         if strict:
             _check_keys(session, _PREVIEW_TRANSCRIPTION_TOP, "session")
             _check_preview_nested(session)
-        data: dict[str, Any] = {"type": "transcription"}
-        for name in ("include", "client_secret"):
-            if name in session:
-                data[name] = session[name]
-        if "modalities" in session:
-            data["output_modalities"] = preview_modalities(session["modalities"], "session")
-        if "input_audio_format" in session:
-            data["input_format"] = session["input_audio_format"]
-        if "input_audio_transcription" in session:
-            data["transcription"] = session["input_audio_transcription"]
-        if "turn_detection" in session:
-            td = session["turn_detection"]
-            off = td is None or (isinstance(td, dict) and td.get("type") == "none")
-            data["turn_detection"] = None if off else td
-        if "input_audio_noise_reduction" in session:
-            data["noise_reduction"] = session["input_audio_noise_reduction"]
+        fields = _from_preview_fields(
+            session, ("include", "client_secret"), renamed=_PREVIEW_TRANSCRIPTION_RENAMED
+        )
+        data = {"type": "transcription", **fields}
         return _validate_preview(data, strict=strict)
+
+
+_PREVIEW_RENAMED = {
+    "input_audio_format": "input_format",
+    "output_audio_format": "output_format",
+    "input_audio_transcription": "transcription",
+    "input_audio_noise_reduction": "noise_reduction",
+    "max_response_output_tokens": "max_output_tokens",
+}
+"""Preview session fields and the names this model keeps them under."""
+_PREVIEW_TRANSCRIPTION_RENAMED = {
+    k: v
+    for k, v in _PREVIEW_RENAMED.items()
+    if k not in ("output_audio_format", "max_response_output_tokens")
+}
+"""The same for a preview transcription session, which has no output or response limit."""
+
+
+def _from_preview_fields(
+    session: dict[str, Any], same: tuple[str, ...], *, renamed: dict[str, str] = _PREVIEW_RENAMED
+) -> dict[str, Any]:
+    """A preview session's fields under this model's names: ``same`` as they are, the
+    ``renamed`` ones renamed, ``modalities`` read, turn detection off as None; only fields
+    present in ``session`` are set."""
+    data: dict[str, Any] = {name: session[name] for name in same if name in session}
+    if "modalities" in session:
+        data["output_modalities"] = preview_modalities(session["modalities"], "session")
+    for preview, ours in renamed.items():
+        if preview in session:
+            data[ours] = session[preview]
+    if "turn_detection" in session:
+        td = session["turn_detection"]
+        off = td is None or (isinstance(td, dict) and td.get("type") == "none")
+        data["turn_detection"] = None if off else td
+    return data
 
 
 def _validate_preview(data: dict[str, Any], *, strict: bool) -> SessionConfig:

@@ -381,17 +381,7 @@ class Upstreams:
             resume=resume or None,
         )
         started = time.monotonic()
-        try:
-            ws = await open_websocket(
-                self._client_session(),
-                url,
-                headers=headers,
-                request_id=request_id,
-                open_timeout=self.connect_timeout_s,
-                max_message_bytes=self.max_msg_size,
-            )
-        except HandshakeFailed as exc:
-            raise self._refused(up, exc.failure, conn_id) from exc
+        ws = await self._open_websocket(up, url, headers, request_id, conn_id)
         log(
             "upstream.connected",
             conn=conn_id,
@@ -428,6 +418,23 @@ class Upstreams:
 
     def _in_memory(self, up: Upstream) -> bool:
         return up.kind == "local" and self.local is not None and self.local.in_process
+
+    async def _open_websocket(
+        self, up: Upstream, url: str, headers: dict[str, str], request_id: str, conn_id: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        """The upstream WebSocket (a session's or a call's sideband); a refused handshake is
+        the page's one clear :class:`RelayError`."""
+        try:
+            return await open_websocket(
+                self._client_session(),
+                url,
+                headers=headers,
+                request_id=request_id,
+                open_timeout=self.connect_timeout_s,
+                max_message_bytes=self.max_msg_size,
+            )
+        except HandshakeFailed as exc:
+            raise self._refused(up, exc.failure, conn_id) from exc
 
     async def _auth_headers(self, up: Upstream, conn_id: str) -> dict[str, str]:
         """The server's credential for ``up`` as headers (a fresh token each time)."""
@@ -562,18 +569,7 @@ class Upstreams:
         local_base = await self.local.url() if up.kind == "local" and self.local else None
         url = sideband_url(self._ws_base(up, local_base), call_id)
         headers = {**await self._auth_headers(up, conn_id), REQUEST_ID_HEADER: request_id}
-        try:
-            ws = await open_websocket(
-                self._client_session(),
-                url,
-                headers=headers,
-                request_id=request_id,
-                open_timeout=self.connect_timeout_s,
-                max_message_bytes=self.max_msg_size,
-            )
-        except HandshakeFailed as exc:
-            raise self._refused(up, exc.failure, conn_id) from exc
-        return AiohttpChannel(ws)
+        return AiohttpChannel(await self._open_websocket(up, url, headers, request_id, conn_id))
 
     async def hangup_call(self, up: Upstream, call_id: str, *, conn_id: str) -> None:
         """End a call upstream (``POST .../calls/{id}/hangup``); one that has ended already, or
