@@ -71,7 +71,10 @@ def text_engine() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def tts_wav(speech_stack: Any) -> Callable[..., bytes]:
-    """``tts_wav(text, voice="alloy") -> bytes``: PCM16 mono 24 kHz speech, cached per text."""
+    """``tts_wav(text, voice="alloy") -> bytes``: PCM16 mono 24 kHz speech, cached per text.
+
+    Spoken ``steady`` (without Piper's random noise): the same text is the same samples in every
+    run, so a test's pauses and words cannot change from one run to the next."""
     from aoai_realtime.engine.workers import SharedSpeech
 
     shared = SharedSpeech.for_stack(speech_stack)
@@ -80,7 +83,7 @@ def tts_wav(speech_stack: Any) -> Callable[..., bytes]:
     def speak(text: str, voice: str = "alloy") -> bytes:
         key = (text, voice)
         if key not in cache:
-            cache[key] = shared.synthesize_blocking(text, voice=voice)
+            cache[key] = shared.synthesize_blocking(text, voice=voice, steady=True)
         return cache[key]
 
     return speak

@@ -117,6 +117,15 @@ def test_synthesizer_streams_24k_pcm16_sentence_by_sentence(stack: SpeechStack) 
     assert slow > 1.8 * fast
 
 
+def test_steady_speech_is_the_same_samples_every_time(stack: SpeechStack) -> None:
+    # Piper's noise makes each rendering differ (in length too); test speech is spoken steady
+    # so that a test's audio, and so its pauses, cannot change between runs.
+    steady = {b"".join(stack.tts.synthesize("How is the weather?", steady=True)) for _ in range(3)}
+    assert len(steady) == 1 and len(next(iter(steady))) > 24000
+    lively = {b"".join(stack.tts.synthesize("How is the weather?")) for _ in range(3)}
+    assert len(lively) == 3
+
+
 def test_every_realtime_voice_is_accepted(stack: SpeechStack) -> None:
     names = (
         "alloy",

@@ -210,11 +210,14 @@ class SharedSpeech:
         tts = self.synthesizer
         return _stream_in(self._tts, lambda: tts.synthesize(text, voice=voice, speed=speed))
 
-    def synthesize_blocking(self, text: str, voice: str = "alloy", speed: float = 1.0) -> bytes:
-        """All of ``text`` spoken, from any thread (test speech, benchmarks)."""
+    def synthesize_blocking(
+        self, text: str, voice: str = "alloy", speed: float = 1.0, *, steady: bool = False
+    ) -> bytes:
+        """All of ``text`` spoken, from any thread (test speech, benchmarks); ``steady`` as
+        in the synthesizer's ``synthesize`` (the same samples for the same text)."""
         tts = self.synthesizer
         return self._tts.submit(
-            lambda: b"".join(tts.synthesize(text, voice=voice, speed=speed))
+            lambda: b"".join(tts.synthesize(text, voice=voice, speed=speed, steady=steady))
         ).result()
 
     # ------------------------------------------------------------------ LLM

@@ -197,7 +197,7 @@ class Synthesizer:
                 pass
 
     def synthesize(
-        self, text: str, voice: str = "alloy", speed: float = 1.0
+        self, text: str, voice: str = "alloy", speed: float = 1.0, *, steady: bool = False
     ) -> Generator[bytes, None, None]:
         """Speak ``text``; yields 24 kHz mono PCM16 chunks, about one per sentence.
 
@@ -205,6 +205,10 @@ class Synthesizer:
         API's 0.25-1.5 multiplier. Both are checked now, before the first chunk. The sentence
         chunks go through one streaming resampler, so their joins do not click. Stop iterating
         (or close the iterator) to stop synthesis before the next sentence.
+
+        Piper draws random noise for the timbre and the phoneme durations, so by default the
+        same text is never spoken twice alike (nor as long). ``steady=True`` leaves that noise
+        out: the same text always gives the same samples, for test speech and benchmark clips.
         """
         style = VOICES.get(voice)
         if style is None:
@@ -213,8 +217,8 @@ class Synthesizer:
             raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
         config = self._piper.SynthesisConfig(
             length_scale=style.length_scale / speed,
-            noise_scale=style.noise_scale,
-            noise_w_scale=style.noise_w_scale,
+            noise_scale=0.0 if steady else style.noise_scale,
+            noise_w_scale=0.0 if steady else style.noise_w_scale,
             volume=self.volume,
         )
         return self._stream(text, config)
