@@ -6,6 +6,17 @@ The model (CTranslate2 format, int8) is loaded from the package folder, never do
 Thread safety: one lock per :class:`Transcriber`, so concurrent calls run one after the other
 (CTranslate2 could run them in parallel with more workers, but on a 2-core machine that only
 slows every call down).
+
+**A window as long as the speech.** Whisper's encoder reads 30 s of log-mel frames, padded with
+silence, whatever the length of the audio: on 2 cores that was about 390 ms of the 470 ms a
+2-second question took. CTranslate2 accepts a shorter input, so an utterance of up to
+``WINDOW_MAX_FRAMES`` is decoded in a window of its own length plus ``WINDOW_PAD_FRAMES``, and at
+least ``WINDOW_MIN_FRAMES`` (10 s). The minimum matters: in a window of 4-7.5 s tiny.en does not
+find the end of the speech and repeats it until the token limit (measured on 60 clips of the
+engine's voice: word error rate 5.5 % in the 30 s window, 3.6 % in the 10 s one, and 921 % at
+5 s); from 10 s on it was as accurate as the full window, on 3-18 s clips as well. The encoder
+then costs about 55 ms for a short utterance instead of 390 ms. Longer audio goes through
+faster-whisper's own 30 s segments.
 """
 
 from __future__ import annotations
@@ -33,6 +44,21 @@ SILENCE_PEAK = 0.003
 MIN_AUDIO_MS = 100
 """Shorter audio cannot hold a word; returns "" without decoding."""
 
+WINDOW_MIN_FRAMES = 1000
+WINDOW_PAD_FRAMES = 100
+WINDOW_MAX_FRAMES = 2800
+"""The encoder's window: the speech's frames (100 a second) plus the pad, at least the minimum;
+audio longer than the maximum is decoded in faster-whisper's 30 s segments."""
+
+MAX_TOKENS_PER_SECOND = 12
+"""A cap on the decoded tokens (speech runs at 3-4 tokens a second): a decoder caught in a
+repetition stops there instead of at whisper's 448."""
+
+NO_SPEECH_PROB = 0.6
+NO_SPEECH_LOGPROB = -1.0
+"""A decoding is dropped as non-speech when whisper's no-speech probability is above the first
+and its average token log-probability below the second (faster-whisper's own rule)."""
+
 
 def model_dir() -> Path:
     """The folder of the bundled CTranslate2 whisper model."""
@@ -59,6 +85,16 @@ class Transcriber:
         self._model: Any = faster_whisper.WhisperModel(
             str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=1
         )
+        self._ctranslate2 = require("ctranslate2")
+        tokenizer_module = require("faster_whisper.tokenizer")
+        self._tokenizer: Any = tokenizer_module.Tokenizer(
+            self._model.hf_tokenizer, False, task="transcribe", language="en"
+        )
+        transcribe_module = require("faster_whisper.transcribe")
+        self._suppressed: list[int] = list(
+            transcribe_module.get_suppressed_tokens(self._tokenizer, [-1])
+        )
+        self._pad_or_trim = require("faster_whisper.audio").pad_or_trim
         self._lock = threading.Lock()
         self._warm_up()
 
@@ -93,21 +129,68 @@ class Transcriber:
 
     def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None) -> str:
         with self._lock:
-            segments, _info = self._model.transcribe(
-                audio,
-                language="en",
-                beam_size=self.beam_size,
-                temperature=0.0,
-                initial_prompt=prompt or None,
-                condition_on_previous_text=False,
-                without_timestamps=True,
-                vad_filter=False,
-            )
-            # The segments are a lazy generator: decode them while holding the lock.
-            texts = [
-                s.text for s in segments if not (s.no_speech_prob > 0.6 and s.avg_logprob < -1.0)
-            ]
-        return " ".join(t.strip() for t in texts if t.strip()).strip()
+            features = self._model.feature_extractor(audio)
+            if features.shape[-1] + WINDOW_PAD_FRAMES <= WINDOW_MAX_FRAMES:
+                return self._decode_window(features, audio.shape[0] / WHISPER_RATE, prompt)
+            return self._decode_segments(audio, prompt)
+
+    def _decode_window(self, features: Any, seconds: float, prompt: str | None) -> str:
+        """One decoding in a window as long as the speech (see the module's docstring)."""
+        tok = self._tokenizer
+        frames = max(WINDOW_MIN_FRAMES, features.shape[-1] + WINDOW_PAD_FRAMES)
+        window = np.ascontiguousarray(self._pad_or_trim(features, frames)[None])
+        encoded = self._model.model.encode(
+            self._ctranslate2.StorageView.from_array(window), to_cpu=False
+        )
+        start: list[int] = []
+        if prompt and prompt.strip():
+            # as faster-whisper places an initial prompt: after <|startofprev|>, at most 223
+            start = [tok.sot_prev, *tok.encode(" " + prompt.strip())[-223:]]
+        start += [*tok.sot_sequence, tok.no_timestamps]
+        limit = min(448, len(start) + 16 + int(seconds * MAX_TOKENS_PER_SECOND))
+        (result,) = self._model.model.generate(
+            encoded,
+            [start],
+            beam_size=self.beam_size,
+            max_length=limit,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed,
+            return_scores=True,
+            return_no_speech_prob=True,
+        )
+        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+        # faster-whisper's average: the sum of the tokens' log-probabilities over length + 1
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
+        if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < NO_SPEECH_LOGPROB:
+            return ""
+        return _words_or_nothing(str(tok.decode(tokens)))
+
+    def _decode_segments(self, audio: npt.NDArray[np.float32], prompt: str | None) -> str:
+        """Long audio: faster-whisper's own loop over 30 s segments."""
+        segments, _info = self._model.transcribe(
+            audio,
+            language="en",
+            beam_size=self.beam_size,
+            temperature=0.0,
+            initial_prompt=prompt or None,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        # The segments are a lazy generator: decode them while holding the lock.
+        texts = [
+            s.text
+            for s in segments
+            if not (s.no_speech_prob > NO_SPEECH_PROB and s.avg_logprob < NO_SPEECH_LOGPROB)
+        ]
+        return _words_or_nothing(" ".join(t.strip() for t in texts if t.strip()))
 
     def __repr__(self) -> str:
         return f"Transcriber(cpu_threads={self.cpu_threads}, beam_size={self.beam_size})"
+
+
+def _words_or_nothing(text: str) -> str:
+    """``text`` stripped, or "" when it has no letter or digit: on noise whisper writes runs of
+    dots or dashes, which are not speech."""
+    text = text.strip()
+    return text if any(c.isalnum() for c in text) else ""
