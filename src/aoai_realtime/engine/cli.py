@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "detection and transcription are refused",
     )
     p.add_argument(
+        "--no-speculation",
+        action="store_true",
+        help="transcribe each turn whole at speech_stopped, then answer: no incremental "
+        "transcription, no reply prepared during the pause (slower; a benchmark's baseline)",
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_query_faults=not args.no_query_faults,
         max_message_bytes=int(args.max_message_mb * 2**20),
         no_speech=args.no_speech,
+        speculation=not args.no_speculation,
     )
     try:
         return run_loop(_serve(config))

@@ -41,6 +41,9 @@ class EngineConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     speech: Any = None
     no_speech: bool = False
+    speculation: bool = True
+    """Incremental transcription and replies prepared during pauses (``engine/speculation.py``);
+    off, each turn is transcribed whole at ``speech_stopped`` and then answered."""
     session_max_s: float = 30 * 60.0
     send_budget_bytes: int = 16 * 1024 * 1024
     """Unsent events one client may have waiting (encoded size) before the engine closes it with

@@ -478,6 +478,7 @@ class Connection:
             conversation_id=conversation_id,
             transcription=admission.transcription,
         )
+        self.session.speculator.enabled = config.speculation
 
     def _enqueue(self, event: dict[str, Any]) -> None:
         """Queue one event for the writer. A client that does not read while its unsent events

@@ -554,8 +554,8 @@ class RealtimeSession:
                 "item_id": item_id,
             }
         )
-        audio = self.buffer.commit_span(self._turn_start_ms, audio_end_ms)
         transcript = self.speculator.take_transcript(item_id, audio_end_ms)
+        audio = self.buffer.commit_span(self._turn_start_ms, audio_end_ms)
         self._commit(audio, item_id, transcript)
         td = self.config.turn_detection
         if (

@@ -1,10 +1,10 @@
-"""Work on a turn during the pause that may end it, before VAD is sure it has ended.
+"""Work on a turn while it is spoken and during the pause that may end it.
 
 ``speech_stopped`` comes ``silence_duration_ms`` after the user stopped speaking. Waiting for it
 before transcribing, thinking and speaking adds all of that to the reply's latency. So once a
 pause has lasted ``SPECULATE_AFTER_MS``:
 
-1. the audio up to the start of the pause is transcribed in the background;
+1. the audio of the turn up to the start of the pause is transcribed in the background;
 2. when that transcript is ready and the pause still goes on, the reply is prepared: the brain
    starts on the conversation plus the provisional user turn, and the first piece is synthesized
    (a :class:`~aoai_realtime.engine.generation.Generation`, which does not touch the
@@ -12,11 +12,21 @@ pause has lasted ``SPECULATE_AFTER_MS``:
 
 If the pause becomes the end of the turn (``speech_stopped`` reports the same end), the commit
 uses the transcript and the response uses the prepared reply, provided its request is exactly
-the one the response would make; otherwise they are dropped. If the user speaks again, both are
-cancelled. The events a client sees are the same either way, only sooner.
+the one the response would make; otherwise they are dropped. If the user speaks again, the reply
+is cancelled. The events a client sees are the same either way, only sooner.
+
+**Incremental transcription.** A pause of at least ``SEGMENT_PAUSE_MS`` that the user speaks
+after (between two sentences, say) ends a *segment*: its transcript is kept, and every later
+transcription of the turn reads only the audio after it, with the segments' words as whisper's
+prompt. So at the final pause only the last stretch of speech is left to transcribe, however
+long the turn. Shorter pauses (between words) are dropped, since whisper does better on whole
+phrases. A pause's transcription is the same work either way: it becomes the turn's transcript,
+a segment, or (for a short pause) nothing.
 
 Replies are prepared only for brains that say ``speculative = True`` (the local and scripted
 ones; a remote chat-completions brain would pay for requests that are thrown away).
+``enabled = False`` (``aoai-realtime engine --no-speculation``) turns all of this off: each turn
+is transcribed whole at ``speech_stopped``, then answered (the benchmarks' baseline).
 """
 
 from __future__ import annotations
@@ -43,6 +53,12 @@ log = logging.getLogger(__name__)
 SPECULATE_AFTER_MS = 60
 """How long a pause must last before its turn is worked on speculatively."""
 
+SEGMENT_PAUSE_MS = 150
+"""A pause inside a turn at least this long ends a segment (its transcript is kept)."""
+
+PROMPT_CHARS = 200
+"""At most this much of the segments' text goes into whisper's prompt for the next stretch."""
+
 
 @dataclass
 class SpeculationContext:
@@ -65,13 +81,20 @@ class SpeculationContext:
 
 
 class Speculator:
-    """One session's speculative transcription and reply (at most one of each in flight)."""
+    """One session's speculative transcription and reply (at most one of each in flight), and
+    the segments of the turn in progress."""
 
     def __init__(self, context: SpeculationContext) -> None:
         self.context = context
         self.enabled = True
+        # the turn whose segments are held
+        self._turn: str | None = None
+        self._segment_start_ms = 0.0  # where the audio not yet in a segment starts
+        self._upto: asyncio.Task[str] | None = None  # the turn's words before that point
+        # the pause being worked on
         self._item_id: str | None = None
         self._end_ms: int | None = None
+        self._pause_ms = 0
         self._transcript: asyncio.Task[str] | None = None
         self._busy: asyncio.Task[str] | None = None  # the last transcription started
         self._reply: Generation | None = None  # prepared during the current pause
@@ -84,28 +107,60 @@ class Speculator:
         """Called after each chunk of audio while the user is speaking."""
         pause_start = turn_detector.silence_started_ms
         if self._item_id is not None and (item_id != self._item_id or pause_start != self._end_ms):
-            self._drop_pause()  # the user spoke again: that pause did not end the turn
+            # the user spoke again: that pause did not end the turn, but may end a segment
+            if item_id == self._item_id and self._pause_ms >= SEGMENT_PAUSE_MS:
+                self._keep_segment()
+            self._drop_pause()
         speech = self.context.speech
-        if not self.enabled or speech is None or item_id is None or pause_start is None:
+        if not self.enabled or speech is None or item_id is None:
+            return
+        if item_id != self._turn:
+            self._drop_turn()
+            self._turn, self._segment_start_ms = item_id, start_ms
+        if pause_start is None:
             return
         if self._item_id == item_id:
+            self._pause_ms = turn_detector.total_ms - pause_start
             return  # this pause is already being worked on
         if turn_detector.total_ms - pause_start < SPECULATE_AFTER_MS:
             return
         if self._busy is not None and not self._busy.done():
             return  # one at a time: the transcriber still works on an earlier pause
-        audio = self.context.audio(start_ms, pause_start)
-        tc = self.context.config().transcription
         self._item_id, self._end_ms = item_id, pause_start
-        task = asyncio.ensure_future(
-            speech.transcribe(
-                audio, language=tc.language if tc else None, prompt=tc.prompt if tc else None
-            )
-        )
+        self._pause_ms = turn_detector.total_ms - pause_start
+        task = self._transcribe_to(pause_start)
         self._transcript = self._busy = task
         self._started = time.perf_counter()
-        log.debug("pause at %d ms: transcribing %d ms of speech", pause_start, len(audio) // 48)
+        log.debug(
+            "pause at %d ms: transcribing %d ms of speech",
+            pause_start,
+            pause_start - self._segment_start_ms,
+        )
         task.add_done_callback(self._transcribed)
+
+    def _transcribe_to(self, end_ms: float) -> asyncio.Task[str]:
+        """The turn's words up to ``end_ms``: the segments' and those of the audio after them."""
+        audio = self.context.audio(self._segment_start_ms, end_ms)
+        return asyncio.ensure_future(self._words(self._upto, audio))
+
+    async def _words(self, upto: asyncio.Task[str] | None, audio: bytes) -> str:
+        """``upto``'s words (a segment's failure is the turn's) then those of ``audio``."""
+        speech = self.context.speech
+        assert speech is not None
+        tc = self.context.config().transcription
+        language, prompt = (tc.language, tc.prompt) if tc else (None, None)
+        before = await asyncio.shield(upto) if upto is not None else ""
+        if before:
+            prompt = " ".join(p for p in (prompt, before[-PROMPT_CHARS:]) if p)
+        words = await speech.transcribe(audio, language=language, prompt=prompt)
+        return " ".join(w for w in (before, words) if w)
+
+    def _keep_segment(self) -> None:
+        if self._transcript is None or self._end_ms is None:
+            return
+        log.debug("segment up to %d ms kept", self._end_ms)
+        self._upto, self._segment_start_ms = self._transcript, float(self._end_ms)
+        self._transcript = None  # _drop_pause must not forget it
 
     def _transcribed(self, task: asyncio.Task[str]) -> None:
         if task.cancelled() or task.exception() is not None or task is not self._transcript:
@@ -147,8 +202,10 @@ class Speculator:
     # ------------------------------------------------------------------ at the end of a turn
 
     def take_transcript(self, item_id: str, audio_end_ms: int) -> asyncio.Task[str] | None:
-        """At ``speech_stopped``: the turn's transcription if it was started for exactly this
-        end (its prepared reply, if any, is kept for :meth:`claim_reply`), else None."""
+        """At ``speech_stopped`` (before the turn's audio leaves the buffer): the turn's
+        transcription if one was started for exactly this end (its prepared reply, if any, is
+        kept for :meth:`claim_reply`), or one of the audio after the turn's segments; None when
+        the turn has neither (the caller transcribes it whole)."""
         match = (
             self._transcript is not None
             and self._item_id == item_id
@@ -164,7 +221,10 @@ class Speculator:
         if match:
             self._cancel(self._ready)
             self._ready, self._reply = self._reply, None
+        elif self._upto is not None and self._turn == item_id and self.context.speech:
+            task = self._transcribe_to(audio_end_ms)
         self._drop_pause()
+        self._drop_turn()
         return task
 
     def claim_reply(
@@ -183,14 +243,19 @@ class Speculator:
     def discard(self) -> None:
         """Forget everything prepared (commit, clear, new settings, a new turn, close)."""
         self._drop_pause()
+        self._drop_turn()
         self._cancel(self._ready)
         self._ready = None
+
+    def _drop_turn(self) -> None:
+        self._turn, self._upto = None, None
 
     def _drop_pause(self) -> None:
         self._cancel(self._reply)
         self._reply = None
         self._transcript = None
         self._item_id = self._end_ms = None
+        self._pause_ms = 0
 
     @staticmethod
     def _cancel(generation: Generation | None) -> None:

@@ -42,6 +42,15 @@ __all__ = [
 
 _Stage = TypeVar("_Stage")
 
+STT_THREADS = 1
+LLM_THREADS = 1
+TTS_THREADS = 2
+"""Each model's threads, chosen by ``benchmarks/bench_threads.py`` on 2 cores. SmolLM2 is twice
+as fast on one thread as on two (40 tokens: 609 against 1,216 ms; the first five words of an
+answer: 141 against 235 ms): for a model this small, the threads' hand-offs at every layer cost
+more than the second core gives. Whisper is as fast on one (217 against 256 ms for a 2.5 s
+question), which leaves a core free. Piper gains from two (a first piece: 99 against 159 ms)."""
+
 
 @dataclass
 class SpeechStack:
@@ -60,9 +69,12 @@ class SpeechStack:
 
     @classmethod
     def load(
-        cls, progress: Callable[[str], None] | None = None, *, cpu_threads: int = 2
+        cls, progress: Callable[[str], None] | None = None, *, cpu_threads: int | None = None
     ) -> SpeechStack:
         """Load every stage once (about 2 s on 2 cores, warm-ups included), reporting progress.
+
+        ``cpu_threads`` gives every model that many threads; by default each has the count
+        measured best for it (:data:`STT_THREADS`, :data:`LLM_THREADS`, :data:`TTS_THREADS`).
 
         Raises :class:`LocalExtraMissing` before loading anything if the extra is incomplete.
         """
@@ -83,17 +95,17 @@ class SpeechStack:
         stt = timed(
             "stt",
             "loading speech-to-text (whisper tiny.en)…",
-            lambda: Transcriber(cpu_threads=cpu_threads),
+            lambda: Transcriber(cpu_threads=cpu_threads or STT_THREADS),
         )
         tts = timed(
             "tts",
             "loading text-to-speech (piper en_US-joe-medium)…",
-            lambda: Synthesizer(threads=cpu_threads),
+            lambda: Synthesizer(threads=cpu_threads or TTS_THREADS),
         )
         llm = timed(
             "llm",
             "loading language model (SmolLM2 135M Instruct)…",
-            lambda: LocalLanguageModel(n_threads=cpu_threads),
+            lambda: LocalLanguageModel(n_threads=cpu_threads or LLM_THREADS),
         )
         say(f"speech models ready in {sum(seconds.values()):.1f} s")
         return cls(vad=vad, stt=stt, tts=tts, llm=llm, load_seconds=seconds)
