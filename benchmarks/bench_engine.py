@@ -311,7 +311,7 @@ def main() -> int:
         return 0
     print("making the test speech with the engine's voice…", flush=True)
     clips = make_clips(args.turns)
-    vads = {
+    vads: dict[str, dict[str, Any]] = {
         "server_vad": {"type": "server_vad", "silence_duration_ms": SILENCE_DURATION_MS},
         "semantic_vad": {"type": "semantic_vad", "eagerness": "auto"},
     }

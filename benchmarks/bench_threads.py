@@ -45,16 +45,70 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+def measure(setting: tuple[int, int, int], speech: bytes, repeat: int) -> dict[str, float]:
+    """Each stage's median ms with whisper / SmolLM2 / Piper at ``setting`` threads."""
+    from aoai_realtime.engine.speech import LocalLanguageModel, Synthesizer, Transcriber
+
+    stt_threads, llm_threads, tts_threads = setting
+    print(f"loading the models at {'/'.join(map(str, setting))} threads…", flush=True)
+    stt = Transcriber(cpu_threads=stt_threads)
+    tts = Synthesizer(threads=tts_threads)
+    llm = LocalLanguageModel(n_threads=llm_threads, seed=0)
+    turn = 0
+
+    def first_words(n_words: int = 5) -> None:
+        # a new user turn each time, so its tokens are read as in a conversation
+        nonlocal turn
+        turn += 1
+        messages = [*HISTORY, {"role": "user", "content": f"{QUESTION} ({turn})"}]
+        text = ""
+        stream = llm.stream_reply(messages, max_tokens=40, temperature=0.0)
+        for delta in stream:
+            text += delta
+            if len(text.split()) >= n_words:
+                break
+        stream.close()
+
+    def forty_tokens() -> None:
+        messages = [*HISTORY, {"role": "user", "content": QUESTION}]
+        for _ in llm.stream_reply(messages, max_tokens=40, temperature=0.0):
+            pass
+
+    def side_by_side() -> float:
+        tts_ms: list[float] = []
+
+        def speak() -> None:
+            start = time.perf_counter()
+            b"".join(tts.synthesize(SENTENCE))
+            tts_ms.append((time.perf_counter() - start) * 1000)
+
+        other = threading.Thread(target=speak)
+        start = time.perf_counter()
+        other.start()
+        forty_tokens()
+        llm_ms = (time.perf_counter() - start) * 1000
+        other.join()
+        return max(llm_ms, tts_ms[0])
+
+    row = {
+        "whisper: 2.5 s question": timed(lambda: stt.transcribe(speech), repeat),
+        "SmolLM2: first 5 words": timed(first_words, repeat),
+        "SmolLM2: 40 tokens": timed(forty_tokens, repeat),
+        "Piper: first piece (25 chars)": timed(
+            lambda: b"".join(tts.synthesize(FIRST_PIECE)), repeat
+        ),
+        "Piper: a 72-char sentence": timed(lambda: b"".join(tts.synthesize(SENTENCE)), repeat),
+    }
+    side = [side_by_side() for _ in range(repeat)]
+    row["SmolLM2 40 tokens + Piper sentence, side by side"] = percentile(side, 0.5)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    from aoai_realtime.engine.speech import (
-        LocalLanguageModel,
-        Synthesizer,
-        Transcriber,
-        missing_local_extra,
-    )
+    from aoai_realtime.engine.speech import Synthesizer, missing_local_extra
 
     problem = missing_local_extra()
     if problem:
@@ -62,64 +116,7 @@ def main() -> int:
         return 0
     speech = b"".join(Synthesizer().synthesize(QUESTION, steady=True))
     settings = [(2, 2, 2), (1, 1, 1), (1, 1, 2)]
-    results: dict[tuple[int, int, int], dict[str, float]] = {}
-    for setting in settings:
-        stt_threads, llm_threads, tts_threads = setting
-        print(f"loading the models at {'/'.join(map(str, setting))} threads…", flush=True)
-        stt = Transcriber(cpu_threads=stt_threads)
-        tts = Synthesizer(threads=tts_threads)
-        llm = LocalLanguageModel(n_threads=llm_threads, seed=0)
-        turn = 0
-
-        def first_words(n_words: int = 5) -> None:
-            # a new user turn each time, so its tokens are read as in a conversation
-            nonlocal turn
-            turn += 1
-            messages = [*HISTORY, {"role": "user", "content": f"{QUESTION} ({turn})"}]
-            text = ""
-            stream = llm.stream_reply(messages, max_tokens=40, temperature=0.0)
-            for delta in stream:
-                text += delta
-                if len(text.split()) >= n_words:
-                    break
-            stream.close()
-
-        def forty_tokens() -> None:
-            messages = [*HISTORY, {"role": "user", "content": QUESTION}]
-            for _ in llm.stream_reply(messages, max_tokens=40, temperature=0.0):
-                pass
-
-        def side_by_side() -> float:
-            tts_ms: list[float] = []
-
-            def speak() -> None:
-                start = time.perf_counter()
-                b"".join(tts.synthesize(SENTENCE))
-                tts_ms.append((time.perf_counter() - start) * 1000)
-
-            other = threading.Thread(target=speak)
-            start = time.perf_counter()
-            other.start()
-            forty_tokens()
-            llm_ms = (time.perf_counter() - start) * 1000
-            other.join()
-            return max(llm_ms, tts_ms[0])
-
-        row = {
-            "whisper: 2.5 s question": timed(lambda: stt.transcribe(speech), args.repeat),
-            "SmolLM2: first 5 words": timed(first_words, args.repeat),
-            "SmolLM2: 40 tokens": timed(forty_tokens, args.repeat),
-            "Piper: first piece (25 chars)": timed(
-                lambda: b"".join(tts.synthesize(FIRST_PIECE)), args.repeat
-            ),
-            "Piper: a 72-char sentence": timed(
-                lambda: b"".join(tts.synthesize(SENTENCE)), args.repeat
-            ),
-        }
-        side = [side_by_side() for _ in range(args.repeat)]
-        row["SmolLM2 40 tokens + Piper sentence, side by side"] = percentile(side, 0.5)
-        results[setting] = row
-        del stt, tts, llm
+    results = {setting: measure(setting, speech, args.repeat) for setting in settings}
     print()
     base = settings[0]
     names = ["/".join(map(str, s)) for s in settings]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,8 +32,17 @@ from aoai_realtime.engine import (
     start_engine,
 )
 from aoai_realtime.engine import server as engine_server
-from aoai_realtime.engine.generation import SILENT_MS_PER_CHAR
-from helpers import ENGINE_SCRIPT, WAIT, audio_of, connect, memory_engine, open_memory, text_of
+from aoai_realtime.engine.generation import SILENT_MS_PER_CHAR, trim_trailing_quiet
+from helpers import (
+    ENGINE_SCRIPT,
+    WAIT,
+    audio_of,
+    connect,
+    engine_thread,
+    memory_engine,
+    open_memory,
+    text_of,
+)
 
 GET_TIME_TOOL = {
     "type": "function",
@@ -193,6 +204,92 @@ async def test_a_pause_shorter_than_the_silence_window_does_not_end_the_turn(
             "It is sunny and warm today."
         )
         assert sum(e["type"] == "input_audio_buffer.speech_stopped" for e in rt.events) == 1
+
+
+def _transcriptions(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int, str]]:
+    """What the engine's speculator transcribed: (from ms, to ms, "after a segment" or not)."""
+    found = []
+    for record in caplog.records:
+        m = re.match(r"transcribing the turn from (\d+) to (\d+) ms \((.*)\)", record.getMessage())
+        if record.name == "aoai_realtime.engine.speculation" and m:
+            found.append((int(m[1]), int(m[2]), m[3]))
+    return found
+
+
+async def test_a_turn_is_transcribed_incrementally_segment_by_segment(
+    scripted_engine: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A pause between two sentences (about 330 ms: over the 150 ms that ends a segment, under
+    # the 500 ms that ends the turn) ends a segment: the turn's later transcriptions read only
+    # the audio after it, and the transcript still has both sentences.
+    caplog.set_level(logging.DEBUG, logger="aoai_realtime.engine.speculation")
+    first = tts_wav("Hello there.")
+    async with connect(scripted_engine) as rt:
+        await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
+        await rt.append(first + silence(100) + tts_wav("How is the weather?") + silence(900))
+        stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
+        done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+        await rt.wait_for("response.done")
+    assert re.fullmatch(r"hello there[.,!] how is the weather\?", done["transcript"].lower())
+    spans = _transcriptions(caplog)
+    first_ms = len(first) // 48
+    assert spans and spans[0][2] == "from its start" and spans[0][1] < first_ms + 100
+    segment_end = spans[0][1]
+    last = spans[-1]  # the one that became the transcript: the audio after the segment only
+    assert last == (segment_end, stopped["audio_end_ms"], "after a segment")
+
+
+async def test_a_brief_pause_between_words_does_not_split_the_turn(
+    scripted_engine: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whisper hears whole phrases better: a pause under 150 ms is not a segment boundary, so the
+    # transcript comes from one reading of the whole turn. (The words' own quiet is trimmed to
+    # 20 ms and 65 ms of silence added: the VAD hears a pause of 32-150 ms.)
+    caplog.set_level(logging.DEBUG, logger="aoai_realtime.engine.speculation")
+    hello = trim_trailing_quiet(tts_wav("Hello there."), keep_ms=20) + silence(65)
+    async with connect(scripted_engine) as rt:
+        await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
+        await rt.append(hello + tts_wav("How is the weather?") + silence(900))
+        done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+        await rt.wait_for("response.done")
+    assert "hello" in done["transcript"].lower() and "weather" in done["transcript"].lower()
+    spans = _transcriptions(caplog)
+    assert len(spans) >= 2  # the brief pause was worked on (then dropped), and the last one
+    assert all(kind == "from its start" for _, _, kind in spans)
+
+
+async def test_without_speculation_each_turn_is_transcribed_whole_at_its_end(
+    speech_stack: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # ``--no-speculation`` (the benchmarks' baseline): same events and words, nothing early.
+    caplog.set_level(logging.DEBUG, logger="aoai_realtime.engine.speculation")
+    for engine in engine_thread(
+        speech_stack, brain="scripted", script=ENGINE_SCRIPT, speculation=False
+    ):
+        async with connect(engine) as rt:
+            await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
+            await rt.append(
+                tts_wav("Hello there.")
+                + silence(100)
+                + tts_wav("How is the weather?")
+                + silence(900)
+            )
+            done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+            events = await rt.until("response.done")
+        assert "weather" in done["transcript"].lower()
+        assert text_of(events, "response.output_audio_transcript.delta") == (
+            "It is sunny and warm today."
+        )
+        assert _transcriptions(caplog) == []
 
 
 async def test_barge_in_cancels_the_response_with_turn_detected(

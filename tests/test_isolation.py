@@ -20,7 +20,12 @@ import pytest
 
 from aoai_realtime.channel import memory_pair
 from aoai_realtime.engine.speech.vad import SpeechDetector, TurnDetector
-from aoai_realtime.engine.workers import FairExecutor, model_owner
+from aoai_realtime.engine.workers import (
+    FairExecutor,
+    WorkPriority,
+    model_owner,
+    speculative_context,
+)
 from aoai_realtime.server.relay import Relay
 from aoai_realtime.server.resume import MAX_UNANSWERED_UPDATES, ResumeOptions
 from helpers import Client, ServerThread, make_server, memory_engine, open_memory, open_page
@@ -136,6 +141,40 @@ def test_model_queues_serve_sessions_in_turn() -> None:
     pool.shutdown()
     assert order[:3] == ["a0", "b0", "a1"]
     assert sorted(order) == sorted(["a0", "a1", "a2", "a3", "a4", "b0"])
+
+
+def test_speculative_model_work_waits_for_the_turns_in_progress() -> None:
+    """Work prepared ahead of need (a pause's transcription or reply) waits while another
+    session's turn has work queued; once it is known to be its own turn's, it is served in turn."""
+    pool = FairExecutor("test-priority")
+    gate = threading.Event()
+    order: list[str] = []
+
+    def job(name: str) -> None:
+        if name == "busy":
+            gate.wait(10)
+        order.append(name)
+
+    def submit_as(owner: str, name: str, priority: WorkPriority | None = None) -> Any:
+        def inner() -> Any:
+            model_owner(owner)
+            return pool.submit(job, name)
+
+        context = speculative_context(priority) if priority else contextvars.copy_context()
+        return context.run(inner)
+
+    ahead, claimed = WorkPriority(), WorkPriority()
+    futures = [submit_as("x", "busy")]
+    futures.append(submit_as("a", "a: ahead", ahead))
+    futures.append(submit_as("c", "c: claimed", claimed))
+    futures.append(submit_as("b", "b: turn"))
+    futures.append(submit_as("d", "d: turn"))
+    claimed.speculative = False  # c's prepared work became its turn's while queued
+    gate.set()
+    for f in futures:
+        f.result(10)
+    pool.shutdown()
+    assert order == ["busy", "c: claimed", "b: turn", "d: turn", "a: ahead"]
 
 
 def test_turn_detectors_share_one_model_and_take_any_threshold() -> None:

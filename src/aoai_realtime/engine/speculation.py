@@ -43,15 +43,18 @@ from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
 from .generation import Generation
 from .plan import brain_request, plan_response
 from .store import StoredItem
-from .workers import SharedSpeech
+from .workers import SharedSpeech, WorkPriority, speculative_context
 
 if TYPE_CHECKING:
     from .speech.vad import TurnDetector
 
 log = logging.getLogger(__name__)
 
-SPECULATE_AFTER_MS = 60
-"""How long a pause must last before its turn is worked on speculatively."""
+SPECULATE_AFTER_MS = 32
+"""How long a pause must last before its turn is worked on speculatively: one VAD frame. The
+work of a turn (about 170 ms of transcription, 150-250 ms to the language model's first words,
+100-150 ms to speak them) just fits in a 500 ms window when it starts at once; a transcription
+of a pause the user speaks after is kept as a segment if the pause was long, else dropped."""
 
 SEGMENT_PAUSE_MS = 150
 """A pause inside a turn at least this long ends a segment (its transcript is kept)."""
@@ -81,8 +84,8 @@ class SpeculationContext:
 
 
 class Speculator:
-    """One session's speculative transcription and reply (at most one of each in flight), and
-    the segments of the turn in progress."""
+    """One session's speculative work: the transcription and reply of the pause in progress,
+    and the segments of the turn."""
 
     def __init__(self, context: SpeculationContext) -> None:
         self.context = context
@@ -96,7 +99,7 @@ class Speculator:
         self._end_ms: int | None = None
         self._pause_ms = 0
         self._transcript: asyncio.Task[str] | None = None
-        self._busy: asyncio.Task[str] | None = None  # the last transcription started
+        self._priority = WorkPriority()  # of the pause's work, until it is the turn's
         self._reply: Generation | None = None  # prepared during the current pause
         self._ready: Generation | None = None  # prepared for the turn just committed
         self._started = 0.0
@@ -124,24 +127,30 @@ class Speculator:
             return  # this pause is already being worked on
         if turn_detector.total_ms - pause_start < SPECULATE_AFTER_MS:
             return
-        if self._busy is not None and not self._busy.done():
-            return  # one at a time: the transcriber still works on an earlier pause
         self._item_id, self._end_ms = item_id, pause_start
         self._pause_ms = turn_detector.total_ms - pause_start
-        task = self._transcribe_to(pause_start)
-        self._transcript = self._busy = task
+        self._priority = WorkPriority()
+        task = self._transcribe_to(pause_start, self._priority)
+        self._transcript = task
         self._started = time.perf_counter()
-        log.debug(
-            "pause at %d ms: transcribing %d ms of speech",
-            pause_start,
-            pause_start - self._segment_start_ms,
-        )
         task.add_done_callback(self._transcribed)
 
-    def _transcribe_to(self, end_ms: float) -> asyncio.Task[str]:
-        """The turn's words up to ``end_ms``: the segments' and those of the audio after them."""
+    def _transcribe_to(
+        self, end_ms: float, priority: WorkPriority | None = None
+    ) -> asyncio.Task[str]:
+        """The turn's words up to ``end_ms``: the segments' and those of the audio after them
+        (the transcription's model work speculative while ``priority`` says so)."""
         audio = self.context.audio(self._segment_start_ms, end_ms)
-        return asyncio.ensure_future(self._words(self._upto, audio))
+        log.debug(
+            "transcribing the turn from %d to %d ms (%s)",
+            self._segment_start_ms,
+            end_ms,
+            "after a segment" if self._upto is not None else "from its start",
+        )
+        words = self._words(self._upto, audio)
+        if priority is None:
+            return asyncio.ensure_future(words)
+        return asyncio.get_running_loop().create_task(words, context=speculative_context(priority))
 
     async def _words(self, upto: asyncio.Task[str] | None, audio: bytes) -> str:
         """``upto``'s words (a segment's failure is the turn's) then those of ``audio``."""
@@ -159,8 +168,9 @@ class Speculator:
         if self._transcript is None or self._end_ms is None:
             return
         log.debug("segment up to %d ms kept", self._end_ms)
+        self._priority.speculative = False  # the turn goes on: this is part of it
         self._upto, self._segment_start_ms = self._transcript, float(self._end_ms)
-        self._transcript = None  # _drop_pause must not forget it
+        self._transcript = None  # _drop_pause must not cancel it
 
     def _transcribed(self, task: asyncio.Task[str]) -> None:
         if task.cancelled() or task.exception() is not None or task is not self._transcript:
@@ -190,14 +200,15 @@ class Speculator:
         history = [i.history() for i in items]
         history.append(HistoryItem(id=item_id, type="message", role="user", text=text))
         log.debug("preparing the reply")
-        self._reply = Generation(
+        generation = Generation(
             ctx.brain,
             brain_request(plan, history),
             ctx.speech,
             audio=plan.audio,
             voice=plan.voice,
             speed=plan.speed,
-        ).start()
+        )
+        self._reply = speculative_context(self._priority).run(generation.start)
 
     # ------------------------------------------------------------------ at the end of a turn
 
@@ -219,8 +230,10 @@ class Speculator:
             "prepared" if match and self._reply is not None else "not prepared",
         )
         if match:
+            self._priority.speculative = False  # the turn's work now, transcript and reply
             self._cancel(self._ready)
             self._ready, self._reply = self._reply, None
+            self._transcript = None  # not to be cancelled
         elif self._upto is not None and self._turn == item_id and self.context.speech:
             task = self._transcribe_to(audio_end_ms)
         self._drop_pause()
@@ -251,8 +264,12 @@ class Speculator:
         self._turn, self._upto = None, None
 
     def _drop_pause(self) -> None:
+        """Forget the pause being worked on: its reply is cancelled, and its transcription too
+        (if the transcriber has not started it, it never runs)."""
         self._cancel(self._reply)
         self._reply = None
+        if self._transcript is not None:
+            self._transcript.cancel()
         self._transcript = None
         self._item_id = self._end_ms = None
         self._pause_ms = 0

@@ -4,8 +4,11 @@ The models are CPU-bound and not safe to call from two threads at once, so each 
 thread of its own: concurrent sessions queue for a model instead of crashing it, and the event
 loop never waits on one. The queue is fair: each session (the :func:`model_owner` of the code
 that asks) has a queue of its own and the thread serves them in turn, so a session that asks
-for many replies at once delays another session's next job by at most the one running. Streams (LLM tokens, TTS audio) are produced in the worker thread and
-handed to the loop as they come, so the first sentence is spoken while the rest is generated.
+for many replies at once delays another session's next job by at most the one running. Work done
+ahead of need (a transcription or reply prepared during a pause, see ``engine/speculation.py``)
+is marked :class:`WorkPriority` and served after every other waiting job, until it is known to
+be the turn's. Streams (LLM tokens, TTS audio) are produced in the worker thread and handed to
+the loop as they come, so the first sentence is spoken while the rest is generated.
 
 One :class:`SharedSpeech` exists per loaded :class:`SpeechStack` (see :meth:`for_stack`), so
 several engines in one process (tests, the middle tier) share the same queues.
@@ -38,16 +41,43 @@ def model_owner(owner: object) -> None:
     _OWNER.set(owner)
 
 
+class WorkPriority:
+    """Marks model work done ahead of need: while ``speculative``, its jobs wait until no other
+    job does. Set ``speculative = False`` when the work turns out to be the turn's (jobs already
+    queued move up too)."""
+
+    def __init__(self) -> None:
+        self.speculative = True
+
+
+_PRIORITY: contextvars.ContextVar[WorkPriority | None] = contextvars.ContextVar(
+    "model_priority", default=None
+)
+
+
+def speculative_context(priority: WorkPriority) -> contextvars.Context:
+    """A copy of the current context whose model work has ``priority`` (run tasks in it)."""
+    context = contextvars.copy_context()
+    context.run(_PRIORITY.set, priority)
+    return context
+
+
+_Job = tuple[Future[Any], Callable[[], Any], WorkPriority | None]
+
+
+def _later(job: _Job) -> bool:
+    return job[2] is not None and job[2].speculative
+
+
 class FairExecutor(Executor):
     """One worker thread serving a queue per owner, round-robin (owner: :func:`model_owner` at
-    ``submit``). Within one owner, jobs run in the order they came."""
+    ``submit``). Within one owner, jobs run in the order they came. An owner whose next job is
+    speculative (:class:`WorkPriority`) is passed over while another owner's is not."""
 
     def __init__(self, name: str) -> None:
         self._ready = threading.Condition()
-        self._queues: OrderedDict[object, deque[tuple[Future[Any], Callable[[], Any]]]] = (
-            OrderedDict()
-        )
-        self._running: tuple[object, deque[tuple[Future[Any], Callable[[], Any]]]] | None = None
+        self._queues: OrderedDict[object, deque[_Job]] = OrderedDict()
+        self._running: tuple[object, deque[_Job]] | None = None
         self._shutdown = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -65,7 +95,7 @@ class FairExecutor(Executor):
                     queue = self._running[1]  # its turn comes again after the others'
                 else:
                     queue = self._queues[owner] = deque()
-            queue.append((future, lambda: fn(*args, **kwargs)))
+            queue.append((future, lambda: fn(*args, **kwargs), _PRIORITY.get()))
             self._ready.notify()
         return future
 
@@ -81,8 +111,12 @@ class FairExecutor(Executor):
                     self._ready.wait()
                 if not self._queues:
                     return
-                owner, queue = self._queues.popitem(last=False)
-                future, job = queue.popleft()
+                owner = next(
+                    (o for o, q in self._queues.items() if not _later(q[0])),
+                    next(iter(self._queues)),
+                )
+                queue = self._queues.pop(owner)
+                future, job, _priority = queue.popleft()
                 # While its job runs the owner is out of the rotation: an owner that asks
                 # meanwhile is served before its next job.
                 self._running = (owner, queue)
@@ -91,7 +125,7 @@ class FairExecutor(Executor):
                     future.set_result(job())
                 except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
                     future.set_exception(exc)
-            del future, job  # hold nothing of a finished job while waiting for the next
+            del future, job, _priority  # hold nothing of a finished job while waiting
             with self._ready:
                 self._running = None
                 if queue:
@@ -106,7 +140,7 @@ class FairExecutor(Executor):
                 if self._running is not None:
                     queues.append(self._running[1])
                 for queue in queues:
-                    for future, _ in queue:
+                    for future, _, _ in queue:
                         future.cancel()
                     queue.clear()
                 self._queues.clear()
