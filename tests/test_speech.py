@@ -117,6 +117,23 @@ def test_synthesizer_streams_24k_pcm16_sentence_by_sentence(stack: SpeechStack) 
     assert slow > 1.8 * fast
 
 
+def test_prefill_leaves_only_the_new_turn_for_the_reply_to_read(stack: SpeechStack) -> None:
+    # During a pause the engine has the model read the conversation while whisper transcribes
+    # the turn; the reply then reads only the user's new words and the template around them.
+    conversation = [
+        {"role": "user", "content": "My sister Ingrid keeps bees in her orchard near Uppsala."},
+        {"role": "assistant", "content": "How lovely! Bees need plenty of flowers nearby."},
+        {"role": "user", "content": "She says the spring honey tastes of apple blossom."},
+        {"role": "assistant", "content": "That sounds delicious and rather rare."},
+    ]
+    question = {"role": "user", "content": "How many hives does a small orchard need?"}
+    before = stack.llm.uncached_tokens([*conversation, question], 60)
+    stack.llm.prefill([*conversation, {"role": "user", "content": "."}], 60)
+    after = stack.llm.uncached_tokens([*conversation, question], 60)
+    words = stack.llm.count_tokens(question["content"])
+    assert before > 60 and after <= words + 8  # the new words and the template around them
+
+
 def test_steady_speech_is_the_same_samples_every_time(stack: SpeechStack) -> None:
     # Piper's noise makes each rendering differ (in length too); test speech is spoken steady
     # so that a test's audio, and so its pauses, cannot change between runs.

@@ -104,7 +104,9 @@ class Brain(Protocol):
     """What the engine needs from a brain.
 
     A brain may also set ``speculative = True`` when replies may be prepared during a pause
-    and thrown away if the user goes on speaking (see ``engine/speculation.py``).
+    and thrown away if the user goes on speaking (see ``engine/speculation.py``), and have an
+    ``async prefill(request)`` that reads a request ahead of need, its last user turn a
+    stand-in (the local brain reads the conversation into its model's cache).
     """
 
     name: str
@@ -260,9 +262,7 @@ class LocalBrain:
             options = {"grammar": grammar, "examples": False}
         if len(messages) == 0 or messages[-1]["role"] == "assistant":
             messages.append({"role": "user", "content": "Please continue."})
-        limit = self.default_max_tokens
-        if request.max_output_tokens is not None:
-            limit = min(limit, request.max_output_tokens)
+        limit = self._limit(request)
         temperature = 0.7 if request.temperature is None else request.temperature
         if answer is not None:
             temperature = 0.0  # the facts, said the likeliest way
@@ -288,6 +288,20 @@ class LocalBrain:
         input_tokens += 4 * len(messages)
         hit_limit = request.max_output_tokens is not None and output_tokens >= limit
         yield BrainFinish("length" if hit_limit else "stop", input_tokens, output_tokens)
+
+    async def prefill(self, request: BrainRequest) -> None:
+        """Read the prompt a reply to ``request`` would read, up to its last user turn (a
+        stand-in: the words are still being transcribed), so the reply reads only those."""
+        if _answer_with_results(request) is not None:
+            return  # a reply after a function's output has another prompt
+        messages = chat_messages(request, tool_messages=False, window=self.history_window)
+        await self.speech.prefill(messages, self._limit(request))
+
+    def _limit(self, request: BrainRequest) -> int:
+        """The reply's token cap: the session's default unless the client asks for fewer."""
+        if request.max_output_tokens is None:
+            return self.default_max_tokens
+        return min(self.default_max_tokens, request.max_output_tokens)
 
     async def _tool_call(
         self, request: BrainRequest, messages: list[dict[str, Any]]

@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.session import SessionConfig
 from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
@@ -58,6 +58,9 @@ of a pause the user speaks after is kept as a segment if the pause was long, els
 
 SEGMENT_PAUSE_MS = 150
 """A pause inside a turn at least this long ends a segment (its transcript is kept)."""
+
+PREFILL_STAND_IN = "."
+"""The user's words in the request the brain reads ahead (:meth:`Speculator._prefill`)."""
 
 PROMPT_CHARS = 200
 """At most this much of the segments' text goes into whisper's prompt for the next stretch."""
@@ -100,6 +103,7 @@ class Speculator:
         self._pause_ms = 0
         self._transcript: asyncio.Task[str] | None = None
         self._priority = WorkPriority()  # of the pause's work, until it is the turn's
+        self._prefilled: str | None = None  # the turn whose conversation the brain has read
         self._reply: Generation | None = None  # prepared during the current pause
         self._ready: Generation | None = None  # prepared for the turn just committed
         self._started = 0.0
@@ -132,6 +136,7 @@ class Speculator:
         self._priority = WorkPriority()
         task = self._transcribe_to(pause_start, self._priority)
         self._transcript = task
+        self._prefill(item_id)
         self._started = time.perf_counter()
         task.add_done_callback(self._transcribed)
 
@@ -181,7 +186,10 @@ class Speculator:
         if self._item_id is not None:
             self._prepare_reply(self._item_id, task.result())
 
-    def _prepare_reply(self, item_id: str, text: str) -> None:
+    def _request(self, item_id: str, text: str) -> tuple[Any, BrainRequest] | None:
+        """The response plan and brain request a reply to the user's ``text`` would make now,
+        or None when no reply may be prepared (the session is busy, the brain does not
+        speculate, responses are not automatic, a transcript is still pending)."""
         ctx = self.context
         config = ctx.config()
         td = config.turn_detection
@@ -192,17 +200,39 @@ class Speculator:
             or td.create_response is False
             or config.type == "transcription"
         ):
-            return
+            return None
         items = ctx.conversation()
         if any(i.transcript is not None and not i.transcript.done() for i in items):
-            return
+            return None
         plan = plan_response(config, None, default_instructions=DEFAULT_INSTRUCTIONS, context=None)
         history = [i.history() for i in items]
         history.append(HistoryItem(id=item_id, type="message", role="user", text=text))
+        return plan, brain_request(plan, history)
+
+    def _prefill(self, item_id: str) -> None:
+        """While the turn is transcribed, let the brain read the conversation before it (a
+        local model's prompt cache), so the reply reads only the new words."""
+        prefill = getattr(self.context.brain, "prefill", None)
+        if prefill is None or self._prefilled == item_id:
+            return
+        prepared = self._request(item_id, PREFILL_STAND_IN)
+        if prepared is None:
+            return
+        self._prefilled = item_id
+        context = speculative_context(self._priority)
+        task = asyncio.get_running_loop().create_task(prefill(prepared[1]), context=context)
+        task.add_done_callback(_quietly)
+
+    def _prepare_reply(self, item_id: str, text: str) -> None:
+        ctx = self.context
+        prepared = self._request(item_id, text)
+        if prepared is None:
+            return
+        plan, request = prepared
         log.debug("preparing the reply")
         generation = Generation(
             ctx.brain,
-            brain_request(plan, history),
+            request,
             ctx.speech,
             audio=plan.audio,
             voice=plan.voice,
@@ -278,3 +308,9 @@ class Speculator:
     def _cancel(generation: Generation | None) -> None:
         if generation is not None:
             generation.cancel()
+
+
+def _quietly(task: asyncio.Task[None]) -> None:
+    """A prefill is an optimisation: its failure (or cancellation) changes nothing."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("reading the conversation ahead failed: %s", task.exception())

@@ -275,6 +275,12 @@ class SharedSpeech:
             max_ahead=LLM_MAX_AHEAD,
         )
 
+    async def prefill(self, messages: list[dict[str, Any]], max_tokens: int) -> None:
+        """The local model reads ``messages`` into its cache (see its ``prefill``)."""
+        loop = asyncio.get_running_loop()
+        llm = self.llm
+        await loop.run_in_executor(self._llm, lambda: llm.prefill(messages, max_tokens))
+
     async def score_contexts(self, contexts: list[str], text: str) -> list[Any]:
         """Per-token log-probabilities of ``text`` after each context (choosing a tool)."""
         loop = asyncio.get_running_loop()

@@ -155,6 +155,28 @@ class LocalLanguageModel:
         compiled = self._gbnf(grammar) if grammar else None
         return self._generate(chat, max_tokens, temperature, stop, compiled)
 
+    def prefill(self, messages: list[dict[str, str]], max_tokens: int = 200) -> None:
+        """Read the prompt of ``messages`` into the model's cache ahead of the reply to them.
+
+        Called with the conversation and a stand-in for a user turn whose words are not known
+        yet (the transcriber is still at work): the reply, asked with the real words, then
+        reads only them and what follows. One token is generated and thrown away (llama.cpp
+        reads a prompt by generating after it). ``max_tokens`` must be the reply's, for the
+        same turns to be kept.
+        """
+        chat = self._prepare(messages, max_tokens)
+        with self._lock:
+            self._llm.create_chat_completion(messages=chat, max_tokens=1, temperature=0.0)
+
+    def uncached_tokens(self, messages: list[dict[str, str]], max_tokens: int = 200) -> int:
+        """How many tokens of the reply to ``messages`` are not in the model's cache: what it
+        would read before its first word."""
+        prompt = self.chat_prompt(self._prepare(messages, max_tokens))
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        with self._lock:
+            cached = self._llm.input_ids[: self._llm.n_tokens].tolist()
+        return len(tokens) - _common_prefix(cached, tokens)
+
     def reply(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
         """The whole reply as one string (see :meth:`stream_reply`)."""
         return "".join(self.stream_reply(messages, **kwargs)).strip()
