@@ -4,7 +4,9 @@
 before transcribing, thinking and speaking adds all of that to the reply's latency. So once a
 pause has lasted ``SPECULATE_AFTER_MS``:
 
-1. the audio of the turn up to the start of the pause is transcribed in the background;
+1. the audio of the turn up to the start of the pause is transcribed in the background, and
+   meanwhile a brain that can (the local one) reads the conversation before the turn into its
+   prompt cache, with a stand-in for the words (``prefill``; once per turn);
 2. when that transcript is ready and the pause still goes on, the reply is prepared: the brain
    starts on the conversation plus the provisional user turn, and the first piece is synthesized
    (a :class:`~aoai_realtime.engine.generation.Generation`, which does not touch the
