@@ -38,12 +38,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..protocol.session import SessionConfig
 from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
 from .generation import Generation
-from .plan import brain_request, plan_response
+from .plan import ResponsePlan, brain_request, plan_response
 from .store import StoredItem
 from .workers import SharedSpeech, WorkPriority, speculative_context
 
@@ -188,7 +188,7 @@ class Speculator:
         if self._item_id is not None:
             self._prepare_reply(self._item_id, task.result())
 
-    def _request(self, item_id: str, text: str) -> tuple[Any, BrainRequest] | None:
+    def _request(self, item_id: str, text: str) -> tuple[ResponsePlan, BrainRequest] | None:
         """The response plan and brain request a reply to the user's ``text`` would make now,
         or None when no reply may be prepared (the session is busy, the brain does not
         speculate, responses are not automatic, a transcript is still pending)."""
