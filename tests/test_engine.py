@@ -216,6 +216,18 @@ def _transcriptions(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int, st
     return found
 
 
+async def _spoken_turn(engine: Any, audio: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One spoken turn with transcription on: its ``speech_stopped`` and its transcript event,
+    once the response to it is done."""
+    async with connect(engine) as rt:
+        await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
+        await rt.append(audio)
+        stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
+        done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+        await rt.wait_for("response.done")
+    return stopped, done
+
+
 async def test_a_turn_is_transcribed_incrementally_segment_by_segment(
     scripted_engine: Any,
     tts_wav: Callable[..., bytes],
@@ -227,12 +239,9 @@ async def test_a_turn_is_transcribed_incrementally_segment_by_segment(
     # the audio after it, and the transcript still has both sentences.
     caplog.set_level(logging.DEBUG, logger="aoai_realtime.engine.speculation")
     first = tts_wav("Hello there.")
-    async with connect(scripted_engine) as rt:
-        await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
-        await rt.append(first + silence(100) + tts_wav("How is the weather?") + silence(900))
-        stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
-        done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
-        await rt.wait_for("response.done")
+    stopped, done = await _spoken_turn(
+        scripted_engine, first + silence(100) + tts_wav("How is the weather?") + silence(900)
+    )
     assert re.fullmatch(r"hello there[.,!] how is the weather\?", done["transcript"].lower())
     spans = _transcriptions(caplog)
     first_ms = len(first) // 48
@@ -253,11 +262,9 @@ async def test_a_brief_pause_between_words_does_not_split_the_turn(
     # 20 ms and 65 ms of silence added: the VAD hears a pause of 32-150 ms.)
     caplog.set_level(logging.DEBUG, logger="aoai_realtime.engine.speculation")
     hello = trim_trailing_quiet(tts_wav("Hello there."), keep_ms=20) + silence(65)
-    async with connect(scripted_engine) as rt:
-        await rt.update(audio={"input": {"transcription": {"model": "whisper-1"}}})
-        await rt.append(hello + tts_wav("How is the weather?") + silence(900))
-        done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
-        await rt.wait_for("response.done")
+    _, done = await _spoken_turn(
+        scripted_engine, hello + tts_wav("How is the weather?") + silence(900)
+    )
     assert "hello" in done["transcript"].lower() and "weather" in done["transcript"].lower()
     spans = _transcriptions(caplog)
     assert len(spans) >= 2  # the brief pause was worked on (then dropped), and the last one
