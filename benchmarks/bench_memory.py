@@ -29,12 +29,14 @@ def main() -> int:
         print(f"skipped: {problem}")
         return 0
     from aoai_realtime.engine.speech import (
+        LLM_THREADS,
+        STT_THREADS,
+        TTS_THREADS,
         LocalLanguageModel,
         SpeechDetector,
         Synthesizer,
         Transcriber,
     )
-    from aoai_realtime.engine.speech import STT_THREADS, LLM_THREADS, TTS_THREADS
     from aoai_realtime.engine.speech.llm import ContextScorer
     from aoai_realtime.engine.speech.turn import EndOfTurnModel
 
