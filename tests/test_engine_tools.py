@@ -77,11 +77,30 @@ async def test_plain_questions_are_answered_in_words(engine: Any) -> None:
             assert rt.reply_of(done["response"]["id"]).strip()
 
 
-async def test_the_answer_says_what_the_function_returned(engine: Any) -> None:
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        ({"time": "14:05", "date": "Tuesday 01 December 2026", "timezone": "Asia/Tokyo"}, "14:05"),
+        # the demo tool's shape: the day of the month ("2") must not be said for the time
+        (
+            {
+                "time": "3:04 AM",
+                "time_24h": "03:04",
+                "date": "Wednesday 2 December 2026",
+                "timezone": "Asia/Tokyo",
+                "utc_offset": "+09:00",
+            },
+            "3:04 AM",
+        ),
+    ],
+    ids=["24h", "am-pm"],
+)
+async def test_the_answer_says_what_the_function_returned(
+    engine: Any, result: dict[str, str], said: str
+) -> None:
     async with connect(engine) as rt:
         await rt.update(tools=TOOLS, output_modalities=["text"])
         [call] = calls_of(await rt.say("What time is it in Tokyo?"))
-        result = {"time": "14:05", "date": "Tuesday 01 December 2026", "timezone": "Asia/Tokyo"}
         await rt.send(
             {
                 "type": "conversation.item.create",
@@ -96,7 +115,7 @@ async def test_the_answer_says_what_the_function_returned(engine: Any) -> None:
         done = await rt.wait_for("response.done")
         assert calls_of(done) == []  # under "auto", a function's output is answered
         answer = rt.reply_of(done["response"]["id"])
-        assert "14:05" in answer, answer
+        assert said in answer, answer
 
 
 @pytest.mark.parametrize(
@@ -175,6 +194,11 @@ def test_the_choice_rules_without_a_model() -> None:
     ]
     grammar = tc.numbers_grammar(["14:05"])
     assert grammar is not None and '"14:05"' in grammar
+    # the first number said is the user's or an output's first: the time, not the day after it
+    assert tc.lead_numbers("in 3 days", '{"time": "3:04 AM", "date": "Wednesday 2 December"}') == [
+        "3:04",
+        "3",
+    ]
     assert tc.numbers_grammar([]) is None
     facts = tc.result_facts("current_time", '{"time": "14:05", "zone": {"name": "Asia/Tokyo"}}')
     assert facts == "You looked this up with current time: time: 14:05; zone name: Asia/Tokyo."

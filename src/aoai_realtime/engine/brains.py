@@ -382,6 +382,7 @@ def _answer_with_results(request: BrainRequest) -> tuple[BrainRequest, str, str 
     )
     heard = history[last_user].text if last_user >= 0 else ""
     numbers = toolcalls.result_numbers(heard, *(h.output for h in outputs))
+    lead = toolcalls.lead_numbers(heard, *(h.output for h in outputs))
     trimmed = BrainRequest(
         instructions=request.instructions,
         history=history[: last_user + 1],
@@ -393,7 +394,7 @@ def _answer_with_results(request: BrainRequest) -> tuple[BrainRequest, str, str 
     return (
         trimmed,
         facts + " Tell the user the answer in one sentence.",
-        toolcalls.numbers_grammar(numbers),
+        toolcalls.numbers_grammar(numbers, lead),
     )
 
 

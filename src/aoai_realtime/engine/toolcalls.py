@@ -549,12 +549,37 @@ def _values(text: str) -> list[str]:
     return out
 
 
-def numbers_grammar(numbers: Sequence[str]) -> str | None:
+def numbers_grammar(numbers: Sequence[str], lead: Sequence[str] | None = None) -> str | None:
     """A GBNF grammar for one line of text whose numbers are all in ``numbers``, said whole
-    and apart (``None`` when there are none: the answer is then unconstrained)."""
+    and apart (``None`` when there are none: the answer is then unconstrained). With ``lead``
+    the first number said must be one of those (:func:`lead_numbers`: the answer leads with
+    what was asked for, not with a day of the month that came later in the result)."""
     if not numbers:
         return None
     alternatives = " | ".join(json.dumps(n) for n in numbers[:200])
+    first = " | ".join(json.dumps(n) for n in (lead or numbers)[:200])
     # A number is followed by a character that is not part of a number: "2026" and "12:10"
     # cannot be joined into "202612:10", nor "2026-12" be made of two; no arithmetic signs.
-    return f"root ::= (char | num char)+ num?\nchar ::= [^0-9:+*/=\\n-]\nnum ::= {alternatives}\n"
+    # A full stop or comma after a number ends it only before a space or the end: "2.3:04"
+    # would be two numbers read as one.
+    return (
+        "root ::= plain* (lead (punct? | sep item* (num punct?)?))?\n"
+        "plain ::= char | punct\n"
+        "item ::= plain | num sep\n"
+        'sep ::= char | punct " "\n'
+        "char ::= [^0-9:+*/=\\n.,-]\n"
+        "punct ::= [.,]\n"
+        f"lead ::= {first}\n"
+        f"num ::= {alternatives}\n"
+    )
+
+
+def lead_numbers(heard: str, *outputs: str) -> list[str]:
+    """The numbers an answer may say first: the user's own, and each output's first value
+    that has a number (a result puts what was asked for first: ``current_time`` its time)."""
+    firsts = []
+    for output in outputs:
+        value = next((v for v in _values(output) if _RESULT_NUMBER.search(v)), None)
+        if value is not None:
+            firsts.append(value)
+    return result_numbers(heard, *firsts)
