@@ -8,6 +8,7 @@ function outputs they send back are fixed (not the real clock), so the answer is
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from aoai_realtime.engine import toolcalls as tc
+from aoai_realtime.engine.workers import SharedSpeech, WorkPriority, speculative_context
 from aoai_realtime.server.tools import demo_tools
 from helpers import connect, text_of
 
@@ -75,6 +78,37 @@ async def test_plain_questions_are_answered_in_words(engine: Any) -> None:
             done = await rt.say(question)
             assert calls_of(done) == [], (question, done["response"]["output"])
             assert rt.reply_of(done["response"]["id"]).strip()
+
+
+async def test_the_tools_are_read_when_the_session_sets_them(
+    engine: Any, speech_stack: Any
+) -> None:
+    # The first turn after a session.update with tools should only score its own words: the
+    # local brain reads the tools' descriptions into its scorer right away, behind any turn's
+    # work. Each check below runs on the model's thread after the work queued before it.
+    tool = {
+        "type": "function",
+        "name": "water_the_plants",
+        "description": "Water the plants on the balcony for a number of minutes.",
+        "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}},
+    }
+    shared = SharedSpeech.for_stack(speech_stack)
+
+    def read() -> bool:
+        scorer = getattr(shared, "_scorer", None)
+        return scorer is not None and tc.tool_context(tool) in scorer._seqs
+
+    async def after_queued_work() -> bool:
+        run = speculative_context(WorkPriority()).run
+        return await asyncio.wrap_future(run(lambda: shared._llm.submit(read)))
+
+    async with connect(engine) as rt:
+        assert not await after_queued_work()
+        await rt.update(tools=[tool])
+        for _ in range(50):  # the read is queued as the update is answered; bounded
+            if await after_queued_work():
+                break
+        assert await after_queued_work()
 
 
 @pytest.mark.parametrize(

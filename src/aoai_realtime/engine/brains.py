@@ -297,6 +297,16 @@ class LocalBrain:
         messages = chat_messages(request, tool_messages=False, window=self.history_window)
         await self.speech.prefill(messages, self._limit(request))
 
+    async def read_tools(self, tools: list[dict[str, Any]]) -> None:
+        """Read the session's function tools into the tool scorer's cache (once per set of
+        tools, about a second of the model's time), so the first turn only scores its words."""
+        names = [str(t.get("name")) for t in tools if t.get("name")]
+        function_tools = toolcalls.function_tools(tools, names)
+        if function_tools:
+            contexts = list(toolcalls.NO_TOOL_CONTEXTS)
+            contexts += [toolcalls.tool_context(t) for t in function_tools]
+            await self.speech.score_contexts(contexts, " ")
+
     def _limit(self, request: BrainRequest) -> int:
         """The reply's token cap: the session's default unless the client asks for fewer."""
         if request.max_output_tokens is None:

@@ -54,7 +54,7 @@ from .response import ResponseContext, ResponseRun
 from .speculation import SpeculationContext, Speculator
 from .store import ItemStore, StoredItem
 from .wire import Decoded
-from .workers import SharedSpeech
+from .workers import SharedSpeech, WorkPriority, speculative_context
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,18 @@ class RealtimeSession:
         self.emit({"type": "session.updated", "session": self.session_object()})
         if update.is_set("tools"):  # after session.updated, as the service lists them
             self.mcp.sync(new.tools or [])
+            self._read_tools_ahead(new.tools or [])
+
+    def _read_tools_ahead(self, tools: list[dict[str, Any]]) -> None:
+        """Let a brain that can (the local one) read the session's tools now, at a speculative
+        priority, so the first turn does not wait for it."""
+        read = getattr(self.brain, "read_tools", None)
+        if read is None or not tools:
+            return
+        context = speculative_context(WorkPriority())
+        task = asyncio.get_running_loop().create_task(read(tools), context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _check_session_kind(self, update: SessionConfig, transcription_event: bool) -> None:
         """A session stays the kind it was opened as: a transcription session comes from
