@@ -115,30 +115,48 @@ async def test_out_of_band_responses_are_capped_per_session() -> None:
         assert done["response"]["status"] == "completed"
 
 
+class _Queue:
+    """A FairExecutor whose first job holds the thread until :meth:`release`; each job records
+    its name when it runs."""
+
+    def __init__(self, name: str) -> None:
+        self.pool = FairExecutor(name)
+        self.gate = threading.Event()
+        self.order: list[str] = []
+        self.futures: list[Any] = []
+        self.first: str | None = None
+
+    def submit_as(self, owner: str, name: str, priority: WorkPriority | None = None) -> None:
+        def job() -> None:
+            if name == self.first:
+                self.gate.wait(10)
+            self.order.append(name)
+
+        def inner() -> Any:
+            model_owner(owner)
+            return self.pool.submit(job)
+
+        if self.first is None:
+            self.first = name
+        context = speculative_context(priority) if priority else contextvars.copy_context()
+        self.futures.append(context.run(inner))
+
+    def release(self) -> list[str]:
+        """Let the first job finish; the order in which every job ran."""
+        self.gate.set()
+        for f in self.futures:
+            f.result(10)
+        self.pool.shutdown()
+        return self.order
+
+
 def test_model_queues_serve_sessions_in_turn() -> None:
     """One session queues five jobs, another one: the other's runs second, not sixth."""
-    pool = FairExecutor("test-fair")
-    gate = threading.Event()
-    order: list[str] = []
-
-    def job(name: str) -> None:
-        if name == "a0":
-            gate.wait(10)
-        order.append(name)
-
-    def submit_as(owner: str, names: list[str]) -> list[Any]:
-        def inner() -> list[Any]:
-            model_owner(owner)
-            return [pool.submit(job, n) for n in names]
-
-        return contextvars.copy_context().run(inner)
-
-    futures = submit_as("a", [f"a{i}" for i in range(5)])
-    futures += submit_as("b", ["b0"])
-    gate.set()
-    for f in futures:
-        f.result(10)
-    pool.shutdown()
+    queue = _Queue("test-fair")
+    for i in range(5):
+        queue.submit_as("a", f"a{i}")
+    queue.submit_as("b", "b0")
+    order = queue.release()
     assert order[:3] == ["a0", "b0", "a1"]
     assert sorted(order) == sorted(["a0", "a1", "a2", "a3", "a4", "b0"])
 
@@ -146,35 +164,15 @@ def test_model_queues_serve_sessions_in_turn() -> None:
 def test_speculative_model_work_waits_for_the_turns_in_progress() -> None:
     """Work prepared ahead of need (a pause's transcription or reply) waits while another
     session's turn has work queued; once it is known to be its own turn's, it is served in turn."""
-    pool = FairExecutor("test-priority")
-    gate = threading.Event()
-    order: list[str] = []
-
-    def job(name: str) -> None:
-        if name == "busy":
-            gate.wait(10)
-        order.append(name)
-
-    def submit_as(owner: str, name: str, priority: WorkPriority | None = None) -> Any:
-        def inner() -> Any:
-            model_owner(owner)
-            return pool.submit(job, name)
-
-        context = speculative_context(priority) if priority else contextvars.copy_context()
-        return context.run(inner)
-
+    queue = _Queue("test-priority")
     ahead, claimed = WorkPriority(), WorkPriority()
-    futures = [submit_as("x", "busy")]
-    futures.append(submit_as("a", "a: ahead", ahead))
-    futures.append(submit_as("c", "c: claimed", claimed))
-    futures.append(submit_as("b", "b: turn"))
-    futures.append(submit_as("d", "d: turn"))
+    queue.submit_as("x", "busy")
+    queue.submit_as("a", "a: ahead", ahead)
+    queue.submit_as("c", "c: claimed", claimed)
+    queue.submit_as("b", "b: turn")
+    queue.submit_as("d", "d: turn")
     claimed.speculative = False  # c's prepared work became its turn's while queued
-    gate.set()
-    for f in futures:
-        f.result(10)
-    pool.shutdown()
-    assert order == ["busy", "c: claimed", "b: turn", "d: turn", "a: ahead"]
+    assert queue.release() == ["busy", "c: claimed", "b: turn", "d: turn", "a: ahead"]
 
 
 def test_turn_detectors_share_one_model_and_take_any_threshold() -> None:

@@ -292,8 +292,6 @@ class LocalBrain:
     async def prefill(self, request: BrainRequest) -> None:
         """Read the prompt a reply to ``request`` would read, up to its last user turn (a
         stand-in: the words are still being transcribed), so the reply reads only those."""
-        if _answer_with_results(request) is not None:
-            return  # a reply after a function's output has another prompt
         messages = chat_messages(request, tool_messages=False, window=self.history_window)
         await self.speech.prefill(messages, self._limit(request))
 
@@ -303,9 +301,7 @@ class LocalBrain:
         names = [str(t.get("name")) for t in tools if t.get("name")]
         function_tools = toolcalls.function_tools(tools, names)
         if function_tools:
-            contexts = list(toolcalls.NO_TOOL_CONTEXTS)
-            contexts += [toolcalls.tool_context(t) for t in function_tools]
-            await self.speech.score_contexts(contexts, " ")
+            await self.speech.score_contexts(toolcalls.decision_contexts(function_tools), " ")
 
     def _limit(self, request: BrainRequest) -> int:
         """The reply's token cap: the session's default unless the client asks for fewer."""

@@ -54,7 +54,7 @@ from .response import ResponseContext, ResponseRun
 from .speculation import SpeculationContext, Speculator
 from .store import ItemStore, StoredItem
 from .wire import Decoded
-from .workers import SharedSpeech, WorkPriority, speculative_context
+from .workers import SharedSpeech, WorkPriority, speculative_task
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +289,15 @@ class RealtimeSession:
         self.buffer = InputBuffer()
         self.store = ItemStore()
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Run a background task that the session cancels when it closes."""
-        task = asyncio.create_task(coro, name=name)
+    def spawn(
+        self, coro: Any, name: str, priority: WorkPriority | None = None
+    ) -> asyncio.Task[Any]:
+        """Run a background task that the session cancels when it closes (its model work
+        speculative while ``priority`` says so)."""
+        if priority is None:
+            task = asyncio.create_task(coro, name=name)
+        else:
+            task = speculative_task(coro, priority, name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -411,12 +417,8 @@ class RealtimeSession:
         """Let a brain that can (the local one) read the session's tools now, at a speculative
         priority, so the first turn does not wait for it."""
         read = getattr(self.brain, "read_tools", None)
-        if read is None or not tools:
-            return
-        context = speculative_context(WorkPriority())
-        task = asyncio.get_running_loop().create_task(read(tools), context=context)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if read is not None and tools:
+            self.spawn(read(tools), "read tools", WorkPriority())
 
     def _check_session_kind(self, update: SessionConfig, transcription_event: bool) -> None:
         """A session stays the kind it was opened as: a transcription session comes from

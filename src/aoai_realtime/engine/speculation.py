@@ -45,7 +45,7 @@ from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
 from .generation import Generation
 from .plan import ResponsePlan, brain_request, plan_response
 from .store import StoredItem
-from .workers import SharedSpeech, WorkPriority, speculative_context
+from .workers import SharedSpeech, WorkPriority, speculative_context, speculative_task
 
 if TYPE_CHECKING:
     from .speech.vad import TurnDetector
@@ -157,7 +157,7 @@ class Speculator:
         words = self._words(self._upto, audio)
         if priority is None:
             return asyncio.ensure_future(words)
-        return asyncio.get_running_loop().create_task(words, context=speculative_context(priority))
+        return speculative_task(words, priority)
 
     async def _words(self, upto: asyncio.Task[str] | None, audio: bytes) -> str:
         """``upto``'s words (a segment's failure is the turn's) then those of ``audio``."""
@@ -221,9 +221,7 @@ class Speculator:
         if prepared is None:
             return
         self._prefilled = item_id
-        context = speculative_context(self._priority)
-        task = asyncio.get_running_loop().create_task(prefill(prepared[1]), context=context)
-        task.add_done_callback(_quietly)
+        speculative_task(prefill(prepared[1]), self._priority).add_done_callback(_quietly)
 
     def _prepare_reply(self, item_id: str, text: str) -> None:
         ctx = self.context

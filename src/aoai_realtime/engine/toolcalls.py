@@ -53,8 +53,10 @@ __all__ = [
     "choose_arguments",
     "constrained_schema",
     "decide",
+    "decision_contexts",
     "function_tools",
     "grounded",
+    "lead_numbers",
     "numbers_grammar",
     "parse_arguments",
     "result_facts",
@@ -146,6 +148,12 @@ def choose(
     return ToolDecision(None, margins[best], margins)
 
 
+def decision_contexts(tools: Sequence[dict[str, Any]]) -> list[str]:
+    """What a request is scored after to choose among ``tools``: the starts that need no tool,
+    then each tool's context (the order :func:`decide` reads the scores in)."""
+    return list(NO_TOOL_CONTEXTS) + [tool_context(t) for t in tools if t.get("name")]
+
+
 async def decide(
     score: Callable[[list[str], str], Awaitable[list[Any]]],
     tools: Sequence[dict[str, Any]],
@@ -160,8 +168,7 @@ async def decide(
         return ToolDecision(None)
     if len(tools) == 1 and (tool_choice == "required" or isinstance(tool_choice, dict)):
         return ToolDecision(str(tools[0]["name"]))
-    contexts = list(NO_TOOL_CONTEXTS) + [tool_context(t) for t in tools]
-    scores = await score(contexts, " " + request_text.strip())
+    scores = await score(decision_contexts(tools), " " + request_text.strip())
     sums = [float(s.sum()) for s in scores]
     n = len(NO_TOOL_CONTEXTS)
     by_tool = {str(t["name"]): sums[n + i] for i, t in enumerate(tools)}

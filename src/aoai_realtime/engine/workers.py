@@ -62,6 +62,14 @@ def speculative_context(priority: WorkPriority) -> contextvars.Context:
     return context
 
 
+def speculative_task(
+    coro: Any, priority: WorkPriority, name: str | None = None
+) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task of the running loop whose model work has ``priority``."""
+    loop = asyncio.get_running_loop()
+    return loop.create_task(coro, name=name, context=speculative_context(priority))
+
+
 _Job = tuple[Future[Any], Callable[[], Any], WorkPriority | None]
 
 

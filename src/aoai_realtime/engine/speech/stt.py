@@ -44,6 +44,7 @@ SILENCE_PEAK = 0.003
 MIN_AUDIO_MS = 100
 """Shorter audio cannot hold a word; returns "" without decoding."""
 
+FRAMES_PER_SECOND = 100  # whisper's log-mel hop: 10 ms
 WINDOW_MIN_FRAMES = 1000
 WINDOW_PAD_FRAMES = 100
 WINDOW_MAX_FRAMES = 2800
@@ -128,11 +129,12 @@ class Transcriber:
         return self._decode(audio.astype(np.float32, copy=False), prompt)
 
     def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None) -> str:
+        seconds = audio.shape[0] / WHISPER_RATE
         with self._lock:
-            features = self._model.feature_extractor(audio)
-            if features.shape[-1] + WINDOW_PAD_FRAMES <= WINDOW_MAX_FRAMES:
-                return self._decode_window(features, audio.shape[0] / WHISPER_RATE, prompt)
-            return self._decode_segments(audio, prompt)
+            if seconds * FRAMES_PER_SECOND + WINDOW_PAD_FRAMES < WINDOW_MAX_FRAMES:
+                features = self._model.feature_extractor(audio)
+                return self._decode_window(features, seconds, prompt)
+            return self._decode_segments(audio, prompt)  # faster-whisper makes its features
 
     def _decode_window(self, features: Any, seconds: float, prompt: str | None) -> str:
         """One decoding in a window as long as the speech (see the module's docstring)."""
