@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 pytest.importorskip("mcp")
@@ -104,9 +105,11 @@ def mcp_server() -> Iterator[McpServerThread]:
         return "deleted"
 
     @server.tool(description="Wait for a signal from the test.")
-    def wait_for_test() -> str:
+    async def wait_for_test() -> str:
+        # waited for in a worker thread: a sync tool runs on the server's event loop, and
+        # blocking it stalls every other request to the server meanwhile
         state.calls.append(("wait_for_test", {}))
-        state.release.wait(60)
+        await anyio.to_thread.run_sync(state.release.wait, 60, abandon_on_cancel=True)
         return "released"
 
     app = server.streamable_http_app()
