@@ -1,4 +1,4 @@
-"""Turn ends under ``semantic_vad`` (Smart Turn v3.2) against ``server_vad``'s 500 ms window.
+"""Turn ends under ``semantic_vad`` (whisper's words) against ``server_vad``'s 500 ms window.
 
 Two sets of utterances, spoken by the engine's own voice (Piper, several realtime voices):
 
@@ -13,9 +13,13 @@ Two sets of utterances, spoken by the engine's own voice (Piper, several realtim
 
 Everything runs in audio time: the clips are fed to :class:`TurnDetector` in 20 ms chunks and
 the milliseconds of audio are counted until the turn ends, so CPU load does not change the
-figures (the model's cost per check is printed apart, in wall-clock ms). The baseline is
-``server_vad`` with ``silence_duration_ms`` 500 on the same clips in the same run; the ratios are
-semantic / baseline. Piper draws noise for each synthesis, so figures move a little from run to
+figures. The detectors judge as the engine's do: at a pause whisper transcribes the turn up to
+it (:meth:`Transcriber.hear`, one thread) and the detector resumes with how it ended; the
+transcription's wall-clock cost is printed apart (in the engine it runs during the pause,
+started by speculation). ``semantic_vad auto, Smart Turn`` is the same rule judged by Smart Turn
+v3.2 alone, as before whisper's words were used. The baseline is ``server_vad`` with
+``silence_duration_ms`` 500 on the same clips in the same run; the ratios are semantic /
+baseline. Piper draws noise for each synthesis, so figures move a little from run to
 run; ``--repeat`` synthesizes every sentence more times.
 
 Run: ``python benchmarks/bench_turns.py [--repeat N] [--dump]``.
@@ -34,6 +38,7 @@ import soxr
 
 from _measure import percentile
 from aoai_realtime.engine.speech import SpeechDetector, Synthesizer, missing_local_extra
+from aoai_realtime.engine.speech.stt import Transcriber
 from aoai_realtime.engine.speech.turn import EndOfTurnModel
 from aoai_realtime.engine.speech.vad import EAGERNESS, TurnDetector
 
@@ -63,6 +68,22 @@ SENTENCES = [
     "Add bananas and a loaf of | bread to my shopping list.",
     "Remind me where I parked the car when | we leave the cinema.",
 ]
+SHORT = [
+    "Hello there.",
+    "Yes.",
+    "No, thanks.",
+    "Thank you!",
+    "What time is it?",
+    "Good morning.",
+    "Okay.",
+    "Sounds good.",
+    "Tell me a joke.",
+    "Who are you?",
+    "Stop.",
+    "Goodbye.",
+]
+"""Short replies, spoken whole (a third set: people answer so, and both models are least sure
+of them)."""
 VOICES = ["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"]
 RATE = 24000
 CHUNK_MS = 20
@@ -74,7 +95,7 @@ WITHIN_MS = 300
 
 @dataclass
 class Clip:
-    kind: str  # "complete" or "cut"
+    kind: str  # "complete", "cut" or "short" (a short reply, complete)
     text: str
     voice: str
     pcm: bytes
@@ -84,7 +105,8 @@ class Clip:
 @dataclass
 class Outcome:
     ends: list[tuple[int, int]] = field(default_factory=list)  # (audio_end_ms, emitted at ms)
-    probabilities: list[float] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # each judgement, for --dump
+    hearing_ms: list[float] = field(default_factory=list)  # wall clock of each transcription
 
 
 def speech_end_ms(samples: np.ndarray) -> float:
@@ -108,6 +130,20 @@ def make_clips(tts: Synthesizer, words_model: object, repeat: int) -> tuple[list
     lead = np.zeros(LEAD_MS * RATE // 1000, dtype=np.float32)
     tail = np.zeros(TAIL_MS * RATE // 1000, dtype=np.float32)
     for r in range(repeat):
+        for i, text in enumerate(SHORT):
+            voice = VOICES[(i + r * 3) % len(VOICES)]
+            speech = np.frombuffer(b"".join(tts.synthesize(text, voice=voice)), "<i2")
+            samples = speech.astype(np.float32) / 32768.0
+            end = speech_end_ms(samples)
+            clips.append(
+                Clip(
+                    "short",
+                    text,
+                    voice,
+                    pcm16(np.concatenate([lead, samples, tail])),
+                    LEAD_MS + end,
+                )
+            )
         for i, marked in enumerate(SENTENCES):
             text = marked.replace(" | ", " ")
             n_prefix = len(marked.split(" | ")[0].split())
@@ -159,20 +195,37 @@ def cut_point(
     return end_ms * chars, False
 
 
-def run(clip: Clip, detector: TurnDetector) -> Outcome:
-    """Feed ``clip`` in 20 ms chunks: where each turn ended and when (ms of audio fed), and the
-    probability of every end-of-turn check."""
+def run(clip: Clip, detector: TurnDetector, stt: Transcriber) -> Outcome:
+    """Feed ``clip`` in 20 ms chunks: where each turn ended and when (ms of audio fed), and
+    every judgement. A pause that awaits its judgement is transcribed from the turn's
+    ``audio_start_ms`` to the pause, as the engine does."""
     out = Outcome()
     step = CHUNK_MS * RATE // 1000 * 2
     seen = None
+    start_ms = 0
     for i in range(0, len(clip.pcm), step):
-        for event in detector.feed(clip.pcm[i : i + step]):
-            if event.kind == "speech_stopped":
-                out.ends.append((event.audio_ms, detector.total_ms))
-        if detector.last_check is not seen:
-            seen = detector.last_check
-            if seen is not None:
-                out.probabilities.append(seen.probability)
+        events = detector.feed(clip.pcm[i : i + step])
+        while True:
+            for event in events:
+                if event.kind == "speech_started":
+                    start_ms = event.audio_ms
+                else:
+                    out.ends.append((event.audio_ms, detector.total_ms))
+            pending = detector.awaiting
+            if pending is None:
+                break
+            began = time.perf_counter()
+            heard = stt.hear(clip.pcm[start_ms * RATE // 1000 * 2 : pending.pause_ms * 48])
+            out.hearing_ms.append((time.perf_counter() - began) * 1000)
+            events = detector.resume(heard.ending)
+        check = detector.last_check
+        if check is not seen:
+            seen = check
+            if check is not None:
+                e, p = check.ending, check.probability
+                words = f"{e.mark or '-'} {e.mark_logprob:.2f}/{e.word_logprob:.2f}" if e else ""
+                smart_turn = f"p={p:.2f}" if p is not None else ""
+                out.checks.append(" ".join(x for x in (words, smart_turn) if x))
     return out
 
 
@@ -195,20 +248,30 @@ def main() -> int:
         str(model_dir()), device="cpu", compute_type="int8", cpu_threads=2
     )
     clips, estimated = make_clips(tts, words_model, args.repeat)
+    del words_model
+    stt = Transcriber(cpu_threads=1)
     complete = [c for c in clips if c.kind == "complete"]
     cut = [c for c in clips if c.kind == "cut"]
+    short = [c for c in clips if c.kind == "short"]
     print(
-        f"{len(complete)} complete and {len(cut)} cut-off utterances, {len(VOICES)} voices "
+        f"{len(complete)} complete and {len(cut)} cut-off utterances, {len(short)} short "
+        f"replies, {len(VOICES)} voices "
         f"({estimated} cuts placed by estimate); fed in {CHUNK_MS} ms chunks, audio time"
     )
 
     configs: list[tuple[str, dict[str, object]]] = [
         (f"server_vad {BASELINE_SILENCE_MS} ms", {"silence_duration_ms": BASELINE_SILENCE_MS}),
-        *((f"semantic_vad {e}", {"eagerness": e}) for e in ("high", "auto", "medium", "low")),
+        ("semantic auto, Smart Turn", {"eagerness": "auto"}),
+        *(
+            (f"semantic_vad {e}", {"eagerness": e, "hears_words": True})
+            for e in ("high", "auto", "medium", "low")
+        ),
     ]
+    hearing: list[float] = []
     rows = []
     for name, options in configs:
         waits: list[float] = []
+        short_waits: list[float] = []
         splits = 0
         early = 0
         max_wait = (
@@ -218,42 +281,43 @@ def main() -> int:
         )
         for clip in clips:
             detector = TurnDetector(SpeechDetector(), **options)  # type: ignore[arg-type]
-            out = run(clip, detector)
-            if clip.kind == "complete":
+            out = run(clip, detector, stt)
+            hearing += out.hearing_ms
+            if clip.kind in ("complete", "short"):
                 inside = [e for e in out.ends if e[1] < clip.speech_end_ms]
                 splits += bool(inside)
                 wait = out.ends[-1][1] - clip.speech_end_ms if out.ends else float("nan")
-                waits.append(wait)
+                (waits if clip.kind == "complete" else short_waits).append(wait)
                 label = f"wait {wait:6.0f} ms"
             else:
                 cut_early = any(emitted - end < max_wait for end, emitted in out.ends)
                 early += cut_early
                 label = "ENDED EARLY" if cut_early else "waited"
             if args.dump:
-                probs = ", ".join(f"{p:.2f}" for p in out.probabilities)
-                print(
-                    f"  {name:22} {clip.kind:8} {clip.voice:7} {label:14} p=[{probs}] {clip.text}"
-                )
-        rows.append((name, waits, splits, early, max_wait))
+                checks = "; ".join(out.checks)
+                print(f"  {name:26} {clip.kind:8} {clip.voice:7} {label:14} [{checks}] {clip.text}")
+        rows.append((name, waits, splits, early, max_wait, short_waits))
 
     base_p50 = percentile(rows[0][1], 0.5)
     base_p95 = percentile(rows[0][1], 0.95)
     print()
     print(
-        f"{'':22} {'complete: wait after last speech':>34} {'within':>8} {'split':>6}  "
-        f"{'cut off: ended early':>22}"
+        f"{'':26} {'complete: wait after last speech':>34} {'within':>8} {'split':>6}  "
+        f"{'cut off: ended early':>22}  {'short: p50, within':>18}"
     )
     print(
-        f"{'':22} {'p50 ms':>9} {'p95 ms':>8} {'x base p50':>10} {'x p95':>6} "
+        f"{'':26} {'p50 ms':>9} {'p95 ms':>8} {'x base p50':>10} {'x p95':>6} "
         f"{WITHIN_MS:>5} ms {'':>6}  {'(before max wait)':>22}"
     )
-    for name, waits, splits, early, max_wait in rows:
+    for name, waits, splits, early, max_wait, short_waits in rows:
         p50, p95 = percentile(waits, 0.5), percentile(waits, 0.95)
         within = sum(w <= WITHIN_MS for w in waits) / len(waits)
+        short_within = sum(w <= WITHIN_MS for w in short_waits) / len(short_waits)
         print(
-            f"{name:22} {p50:9.0f} {p95:8.0f} {p50 / base_p50:10.2f} {p95 / base_p95:6.2f} "
+            f"{name:26} {p50:9.0f} {p95:8.0f} {p50 / base_p50:10.2f} {p95 / base_p95:6.2f} "
             f"{within:8.0%} {splits:>6}  {early:>4}/{len(cut):<3} {early / len(cut):5.0%} "
-            f"(max {max_wait / 1000:.0f} s)"
+            f"(max {max_wait / 1000:.0f} s)  {percentile(short_waits, 0.5):7.0f} ms "
+            f"{short_within:5.0%}"
         )
     print(
         f"\nsplit: complete utterances ended before their last word; within: ended at most "
@@ -268,8 +332,13 @@ def main() -> int:
         model.probability(window16)
         costs.append((time.perf_counter() - start) * 1000)
     print(
-        f"one end-of-turn check (wall clock, one thread, features included): "
+        f"one Smart Turn check (wall clock, one thread, features included): "
         f"p50 {percentile(costs, 0.5):.0f} ms"
+    )
+    print(
+        f"one transcription of the turn for its judgement (wall clock, one thread): "
+        f"p50 {percentile(hearing, 0.5):.0f} ms, p95 {percentile(hearing, 0.95):.0f} ms "
+        f"({len(hearing)} pauses)"
     )
     return 0
 

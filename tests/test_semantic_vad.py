@@ -1,11 +1,13 @@
-"""``semantic_vad``: at each pause Smart Turn v3.2 decides whether the utterance is complete.
+"""``semantic_vad``: at each pause whisper's words (and Smart Turn v3.2) decide whether the
+utterance is complete.
 
 Everything is measured in audio time (milliseconds of audio fed), never by the wall clock, and
-every test sets what the model did against what silence alone would have done, so a detector
-that stopped asking the model fails. Piper draws noise for each synthesis, so the two sentences
-here were chosen for their margin over many syntheses: the complete question scores 0.96-0.99
-(the thresholds are 0.7 and 0.9), the cut-off one 0.01-0.82 (``low`` needs 0.95); its trailing
-comma gives Piper the continuing pitch of a speaker who pauses mid-sentence.
+every test sets what the judgement did against what silence alone would have done, so a
+detector that stopped judging fails. The Smart Turn sentences were chosen for their margin over
+many noisy syntheses: the complete question scores 0.96-0.99 (the thresholds are 0.7 and 0.9),
+the cut-off one 0.01-0.82 (``low`` needs 0.95); its trailing comma gives Piper the continuing
+pitch of a speaker who pauses mid-sentence. The test speech is steady (the same samples every
+run), so whisper's words are the same too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import soxr
 
 from aoai_realtime.engine.speech import turn
+from aoai_realtime.engine.speech.stt import Ending
 from aoai_realtime.engine.speech.vad import (
     EAGERNESS,
     FALLBACK_SILENCE_MS,
@@ -30,6 +33,10 @@ from helpers import connect
 BYTES_PER_MS = 48  # PCM16 mono 24 kHz
 COMPLETE = "Can you explain how a rainbow forms after a summer storm?"
 CUT_OFF = "I would like to order a,"
+STOPPED = "Tell me a story about"  # whisper writes no closing mark: it hears no end
+TRAILING = "Please remind me to call my"  # whisper adds a full stop, unsure of it
+SURE_END = Ending(".", -0.05, -0.01, -0.03)
+NO_END = Ending("", float("-inf"), -0.9, float("-inf"))
 
 pytestmark = pytest.mark.skipif(
     not turn.available(), reason="the end-of-turn model's package (pipecat-ai) is not installed"
@@ -103,7 +110,12 @@ def test_eagerness_sets_the_model_threshold_and_the_services_maximum_wait(
     waits = {e: EAGERNESS[e].max_wait_ms for e in ("low", "medium", "high", "auto")}
     assert waits == {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
     assert EAGERNESS["auto"] == EAGERNESS["medium"]
-    assert EAGERNESS["low"].threshold > EAGERNESS["medium"].threshold > EAGERNESS["high"].threshold
+    low, medium, high = EAGERNESS["low"], EAGERNESS["medium"], EAGERNESS["high"]
+    assert low.threshold > medium.threshold > high.threshold
+    # low needs whisper surer of the end than medium, medium than high
+    assert low.mark_logprob > medium.mark_logprob > high.mark_logprob
+    assert low.confirm_mark_logprob > medium.confirm_mark_logprob > high.confirm_mark_logprob
+    assert low.confirm_threshold >= medium.confirm_threshold >= high.confirm_threshold
     detector = TurnDetector.semantic("high", speech_stack.new_detector())
     assert detector.rule == EAGERNESS["high"] and detector.silence_duration_ms == 2000
     assert speech_stack.new_turn_detector().rule is None  # server_vad asks no model
@@ -176,21 +188,127 @@ def test_semantic_turns_do_not_depend_on_chunk_sizes(speech_stack: Any, complete
         assert detector.last_check == check  # the model heard exactly the same audio
 
 
+# ------------------------------------------------------------------------------- the words
+
+
+def test_whisper_hears_whether_an_utterance_ended(
+    speech_stack: Any, tts_wav: Callable[..., bytes]
+) -> None:
+    heard = speech_stack.stt.hear(tts_wav(COMPLETE))
+    assert heard.text == COMPLETE
+    assert heard.ending is not None and heard.ending.mark == "?"
+    stopped = speech_stack.stt.hear(tts_wav(STOPPED))
+    trailing = speech_stack.stt.hear(tts_wav(TRAILING))
+    assert stopped.ending is not None and stopped.ending.mark == ""
+    assert trailing.ending is not None and trailing.ending.mark == "."
+    for eagerness, rule in EAGERNESS.items():
+        assert rule.finished(heard.ending), eagerness
+        for cut in (stopped.ending, trailing.ending):
+            # not finished, and not even closed surely enough for Smart Turn to end it
+            assert not rule.finished(cut) and not rule.needs_confirmation(cut), (eagerness, cut)
+    # the same rule on the two numbers: a sure mark after a sure word, not otherwise
+    rule = EAGERNESS["auto"]
+    assert rule.finished(Ending("?", -0.1, -0.1, -0.1))
+    assert not rule.finished(Ending("?", -0.1, -1.5, -0.1))  # an invented last word
+    assert not rule.finished(Ending(".", -1.2, -0.1, -0.5))  # a hesitant full stop
+    assert rule.needs_confirmation(Ending(".", -0.6, -0.4, -0.2))  # "Hello there."
+    # no mark: only when whisper was all but certain that the text ends after the last word
+    assert rule.finished(Ending("", float("-inf"), -0.01, -0.05))
+    assert not rule.finished(Ending("", float("-inf"), -0.01, -0.6))
+
+
+def _feed_heard(
+    detector: TurnDetector, pcm: bytes, ending: Ending | None, chunk: int = 20 * BYTES_PER_MS
+) -> tuple[list[tuple[TurnEvent, int]], list[Any]]:
+    """Feed ``pcm`` in chunks; every pause that awaits its judgement gets ``ending``. The events
+    with the ms of audio fed when each came, and the pauses that awaited."""
+    out: list[tuple[TurnEvent, int]] = []
+    pauses: list[Any] = []
+    for i in range(0, len(pcm), chunk):
+        events = detector.feed(pcm[i : i + chunk])
+        while detector.awaiting is not None:
+            out += [(e, detector.total_ms) for e in events]
+            pauses.append(detector.awaiting)
+            events = detector.resume(ending)
+        out += [(e, detector.total_ms) for e in events]
+    return out, pauses
+
+
+def test_a_pause_waits_for_its_judgement_and_audio_fed_meanwhile_is_kept(
+    speech_stack: Any, complete: bytes
+) -> None:
+    baseline = _feed(speech_stack.new_turn_detector(silence_duration_ms=500), complete)
+    detector = speech_stack.new_turn_detector(eagerness="auto", hears_words=True)
+    events = _feed(detector, complete, len(complete))  # all 10 s at once, nothing judged after
+    assert _kinds(events) == ["speech_started"]  # 9 s of silence, yet no speech_stopped
+    pending = detector.awaiting
+    assert pending is not None and pending.pause_ms == baseline[1][0].audio_ms
+    assert pending.audio_ms - pending.pause_ms == EAGERNESS["auto"].pause_ms
+    assert detector.now_ms == pending.audio_ms < detector.total_ms
+    assert detector.feed(b"\x00\x00" * 2400) == []  # more audio: kept, still not judged
+    # the judgement: the turn ends at the pause, and the kept silence holds nothing more
+    assert detector.resume(SURE_END) == [baseline[1][0]]
+    assert detector.awaiting is None and detector.now_ms == detector.total_ms
+    check = detector.last_check
+    assert check is not None and check.complete and check.ending == SURE_END
+    assert check.probability is None  # the words decided: Smart Turn was not asked
+    assert detector.resume(SURE_END) == []  # nothing awaits any more
+
+
+def test_an_unfinished_judgement_waits_the_maximum(speech_stack: Any, complete: bytes) -> None:
+    detector = speech_stack.new_turn_detector(eagerness="auto", hears_words=True)
+    events, pauses = _feed_heard(detector, complete, NO_END)
+    assert _kinds(events) == ["speech_started", "speech_stopped"] and len(pauses) == 1
+    stopped, at_ms = events[1]
+    assert stopped.audio_ms == pauses[0].pause_ms
+    rule = EAGERNESS["auto"]
+    assert rule.max_wait_ms <= at_ms - stopped.audio_ms <= rule.max_wait_ms + 100
+    check = detector.last_check
+    assert check is not None and not check.complete and check.ending == NO_END
+
+
+def test_without_words_smart_turn_judges(speech_stack: Any, complete: bytes) -> None:
+    # no ending (whisper heard nothing, or the audio was too long for one window)
+    detector = speech_stack.new_turn_detector(eagerness="auto", hears_words=True)
+    events, pauses = _feed_heard(detector, complete, None)
+    assert _kinds(events) == ["speech_started", "speech_stopped"] and len(pauses) == 1
+    check = detector.last_check
+    assert check is not None and check.complete and check.ending is None
+    assert check.probability is not None and check.probability >= EAGERNESS["auto"].threshold
+    assert events[1][1] - events[1][0].audio_ms <= 200
+
+
+def test_judged_turns_do_not_depend_on_chunk_sizes(speech_stack: Any, complete: bytes) -> None:
+    reference, pauses = _feed_heard(
+        speech_stack.new_turn_detector(eagerness="auto", hears_words=True), complete, SURE_END
+    )
+    assert _kinds(reference) == ["speech_started", "speech_stopped"]
+    for chunk in (100 * BYTES_PER_MS, 777, 7 * BYTES_PER_MS + 1, len(complete)):
+        detector = speech_stack.new_turn_detector(eagerness="auto", hears_words=True)
+        events, seen = _feed_heard(detector, complete, SURE_END, chunk)
+        assert [e for e, _ in events] == [e for e, _ in reference], chunk
+        assert seen == pauses, chunk
+
+
 # ------------------------------------------------------------------------------- the engine
 
 
+@pytest.mark.parametrize("eagerness", ["high", "auto"])
 async def test_the_engine_ends_a_complete_turn_before_silence_could(
-    scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
+    scripted_engine: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    eagerness: str,
 ) -> None:
     speech = tts_wav(COMPLETE)
     async with connect(scripted_engine) as rt:
-        td = {"type": "semantic_vad", "eagerness": "high", "create_response": False}
+        td = {"type": "semantic_vad", "eagerness": eagerness, "create_response": False}
         updated = await rt.update(audio={"input": {"turn_detection": td}})
         assert updated["session"]["audio"]["input"]["turn_detection"] == {
             **td,
             "interrupt_response": True,
         }
-        # 1 s of silence: half of high's maximum wait, so only the model can end this turn
+        # 1 s of silence: half of high's maximum wait, so only the judgement can end this turn
         await rt.append(silence(500) + speech + silence(1000))
         events = await rt.until("conversation.item.done")
         assert [e["type"] for e in events] == [
@@ -209,20 +327,25 @@ async def test_the_engine_ends_a_complete_turn_before_silence_could(
         assert done["item"]["content"][0]["type"] == "input_audio"
 
 
-async def test_the_engine_waits_on_a_cut_off_turn_under_low(
-    scripted_engine: Any, tts_wav: Callable[..., bytes], silence: Callable[[int], bytes]
+@pytest.mark.parametrize("eagerness", ["low", "auto"])
+async def test_the_engine_waits_on_a_cut_off_turn(
+    scripted_engine: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    eagerness: str,
 ) -> None:
-    speech = tts_wav(CUT_OFF)
+    speech = tts_wav(STOPPED)
+    wait = EAGERNESS[eagerness].max_wait_ms
     async with connect(scripted_engine) as rt:
-        td = {"type": "semantic_vad", "eagerness": "low", "create_response": False}
+        td = {"type": "semantic_vad", "eagerness": eagerness, "create_response": False}
         await rt.update(audio={"input": {"turn_detection": td}})
-        await rt.append(silence(500) + speech + silence(3000))
+        await rt.append(silence(500) + speech + silence(wait - 1000))
         # the engine handles a connection's events in order: once this update is answered,
         # every chunk before it has been through the turn detector
         await rt.update(instructions="Be brief.")
         assert rt.of_type("input_audio_buffer.speech_started")
-        assert not rt.of_type("input_audio_buffer.speech_stopped")  # 3 s of pause, still open
-        await rt.append(silence(5200))  # past low's 8 s
+        assert not rt.of_type("input_audio_buffer.speech_stopped")  # a long pause, still open
+        await rt.append(silence(1200))  # past the maximum wait
         stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
         assert stopped["audio_end_ms"] <= 500 + len(speech) // BYTES_PER_MS
         await rt.wait_for("input_audio_buffer.committed")

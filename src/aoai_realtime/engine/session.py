@@ -509,13 +509,25 @@ class RealtimeSession:
         self.buffer.append(pcm)
         if self._turn_detector is None or self.speech is None:
             return
-        for turn in await self.speech.feed(self._turn_detector, pcm):
-            if self._closed:
+        detector = self._turn_detector
+        turns = await self.speech.feed(detector, pcm)
+        while True:
+            for turn in turns:
+                if self._closed:
+                    return
+                if turn.kind == "speech_started":
+                    self._on_speech_started(turn.audio_ms)
+                else:
+                    self._on_speech_stopped(turn.audio_ms)
+            if detector.awaiting is None or self._closed or self._turn_detector is not detector:
+                break
+            # semantic_vad: the pause is judged on whisper's words (the turn's transcription)
+            ending = await self.speculator.pause_ending(
+                detector, self._turn_item_id, self._turn_start_ms
+            )
+            if self._closed or self._turn_detector is not detector:
                 return
-            if turn.kind == "speech_started":
-                self._on_speech_started(turn.audio_ms)
-            else:
-                self._on_speech_stopped(turn.audio_ms)
+            turns = await self.speech.resume(detector, ending)
         if self._turn_detector is not None and self._turn_detector.speaking:
             self.speculator.update(self._turn_detector, self._turn_item_id, self._turn_start_ms)
         else:
@@ -695,7 +707,7 @@ class RealtimeSession:
         announce = announce and tc is not None
         try:
             if precomputed is not None:
-                text = await precomputed
+                text = (await precomputed).text
             elif self.speech is None:
                 text = ""
             else:

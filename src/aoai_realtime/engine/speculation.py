@@ -44,6 +44,7 @@ from ..protocol.session import SessionConfig
 from .brains import DEFAULT_INSTRUCTIONS, Brain, BrainRequest, HistoryItem
 from .generation import Generation
 from .plan import ResponsePlan, brain_request, plan_response
+from .speech.stt import Ending, Heard
 from .store import StoredItem
 from .workers import SharedSpeech, WorkPriority, speculative_context, speculative_task
 
@@ -98,12 +99,12 @@ class Speculator:
         # the turn whose segments are held
         self._turn: str | None = None
         self._segment_start_ms = 0.0  # where the audio not yet in a segment starts
-        self._upto: asyncio.Task[str] | None = None  # the turn's words before that point
+        self._upto: asyncio.Task[Heard] | None = None  # the turn's words before that point
         # the pause being worked on
         self._item_id: str | None = None
         self._end_ms: int | None = None
         self._pause_ms = 0
-        self._transcript: asyncio.Task[str] | None = None
+        self._transcript: asyncio.Task[Heard] | None = None
         self._priority = WorkPriority()  # of the pause's work, until it is the turn's
         self._prefilled: str | None = None  # the turn whose conversation the brain has read
         self._reply: Generation | None = None  # prepared during the current pause
@@ -129,12 +130,12 @@ class Speculator:
         if pause_start is None:
             return
         if self._item_id == item_id:
-            self._pause_ms = turn_detector.total_ms - pause_start
+            self._pause_ms = turn_detector.now_ms - pause_start
             return  # this pause is already being worked on
-        if turn_detector.total_ms - pause_start < SPECULATE_AFTER_MS:
+        if turn_detector.now_ms - pause_start < SPECULATE_AFTER_MS:
             return
         self._item_id, self._end_ms = item_id, pause_start
-        self._pause_ms = turn_detector.total_ms - pause_start
+        self._pause_ms = turn_detector.now_ms - pause_start
         self._priority = WorkPriority()
         task = self._transcribe_to(pause_start, self._priority)
         self._transcript = task
@@ -144,7 +145,7 @@ class Speculator:
 
     def _transcribe_to(
         self, end_ms: float, priority: WorkPriority | None = None
-    ) -> asyncio.Task[str]:
+    ) -> asyncio.Task[Heard]:
         """The turn's words up to ``end_ms``: the segments' and those of the audio after them
         (the transcription's model work speculative while ``priority`` says so)."""
         audio = self.context.audio(self._segment_start_ms, end_ms)
@@ -159,17 +160,18 @@ class Speculator:
             return asyncio.ensure_future(words)
         return speculative_task(words, priority)
 
-    async def _words(self, upto: asyncio.Task[str] | None, audio: bytes) -> str:
-        """``upto``'s words (a segment's failure is the turn's) then those of ``audio``."""
+    async def _words(self, upto: asyncio.Task[Heard] | None, audio: bytes) -> Heard:
+        """``upto``'s words (a segment's failure is the turn's) then those of ``audio``, which
+        end the turn's words as they end."""
         speech = self.context.speech
         assert speech is not None
         tc = self.context.config().transcription
         language, prompt = (tc.language, tc.prompt) if tc else (None, None)
-        before = await asyncio.shield(upto) if upto is not None else ""
+        before = (await asyncio.shield(upto)).text if upto is not None else ""
         if before:
             prompt = " ".join(p for p in (prompt, before[-PROMPT_CHARS:]) if p)
-        words = await speech.transcribe(audio, language=language, prompt=prompt)
-        return " ".join(w for w in (before, words) if w)
+        heard: Heard = await speech.hear(audio, language=language, prompt=prompt)
+        return Heard(" ".join(w for w in (before, heard.text) if w), heard.ending)
 
     def _keep_segment(self) -> None:
         if self._transcript is None or self._end_ms is None:
@@ -179,14 +181,14 @@ class Speculator:
         self._upto, self._segment_start_ms = self._transcript, float(self._end_ms)
         self._transcript = None  # _drop_pause must not cancel it
 
-    def _transcribed(self, task: asyncio.Task[str]) -> None:
+    def _transcribed(self, task: asyncio.Task[Heard]) -> None:
         if task.cancelled() or task.exception() is not None or task is not self._transcript:
             return
         log.debug(
             "speculative transcript after %.0f ms", (time.perf_counter() - self._started) * 1000
         )
         if self._item_id is not None:
-            self._prepare_reply(self._item_id, task.result())
+            self._prepare_reply(self._item_id, task.result().text)
 
     def _request(self, item_id: str, text: str) -> tuple[ResponsePlan, BrainRequest] | None:
         """The response plan and brain request a reply to the user's ``text`` would make now,
@@ -240,9 +242,43 @@ class Speculator:
         )
         self._reply = speculative_context(self._priority).run(generation.start)
 
+    async def pause_ending(
+        self, turn_detector: TurnDetector, item_id: str | None, start_ms: float
+    ) -> Ending | None:
+        """How whisper heard the end of the turn up to the pause ``turn_detector`` is judging
+        (``semantic_vad``), or None when it did not say (no speech, long audio, a failure).
+
+        The pause's transcription is the one speculation started (it then becomes the turn's
+        work: the judgement waits for it); with speculation off, one is started here, which a
+        ``speech_stopped`` at this pause then uses as the turn's transcript."""
+        pause_start = turn_detector.silence_started_ms
+        if pause_start is None or item_id is None or self.context.speech is None:
+            return None
+        self.update(turn_detector, item_id, start_ms)
+        if self._transcript is None or self._item_id != item_id or self._end_ms != pause_start:
+            self._drop_pause()
+            if item_id != self._turn:
+                self._drop_turn()
+                self._turn, self._segment_start_ms = item_id, start_ms
+            self._item_id, self._end_ms = item_id, pause_start
+            self._transcript = self._transcribe_to(pause_start)
+        self._priority.speculative = False
+        task = self._transcript
+        try:
+            heard = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise
+            return None  # the pause was dropped meanwhile
+        except Exception as exc:  # noqa: BLE001 - the turn's transcription reports it
+            log.debug("the pause's transcription failed: %s", exc)
+            return None
+        return heard.ending
+
     # ------------------------------------------------------------------ at the end of a turn
 
-    def take_transcript(self, item_id: str, audio_end_ms: int) -> asyncio.Task[str] | None:
+    def take_transcript(self, item_id: str, audio_end_ms: int) -> asyncio.Task[Heard] | None:
         """At ``speech_stopped`` (before the turn's audio leaves the buffer): the turn's
         transcription if one was started for exactly this end (its prepared reply, if any, is
         kept for :meth:`claim_reply`), or one of the audio after the turn's segments; None when

@@ -217,12 +217,14 @@ class SharedSpeech:
         silence_duration_ms: int = 500,
         eagerness: str | None = None,
     ) -> Any:
-        """A new turn detector (with a speech detector of its own) for one session."""
+        """A new turn detector (with a speech detector of its own) for one session; under
+        ``semantic_vad`` it judges pauses on the words, which the session hears for it."""
         return self.stack.new_turn_detector(
             threshold=threshold,
             prefix_padding_ms=prefix_padding_ms,
             silence_duration_ms=silence_duration_ms,
             eagerness=eagerness,
+            hears_words=eagerness is not None,
         )
 
     async def feed(self, turn_detector: Any, pcm16_24k: bytes) -> list[Any]:
@@ -231,17 +233,28 @@ class SharedSpeech:
         result: list[Any] = await loop.run_in_executor(self._vad, turn_detector.feed, pcm16_24k)
         return result
 
+    async def resume(self, turn_detector: Any, ending: Any) -> list[Any]:
+        """Give a turn detector the judgement its pause awaits; returns its turn events."""
+        loop = asyncio.get_running_loop()
+        result: list[Any] = await loop.run_in_executor(self._vad, turn_detector.resume, ending)
+        return result
+
     # ------------------------------------------------------------------ STT
 
     async def transcribe(
         self, pcm16_24k: bytes, language: str | None = None, prompt: str | None = None
     ) -> str:
+        return (await self.hear(pcm16_24k, language, prompt)).text
+
+    async def hear(
+        self, pcm16_24k: bytes, language: str | None = None, prompt: str | None = None
+    ) -> Any:
+        """The transcription with how it ends (:class:`~.speech.stt.Heard`)."""
         loop = asyncio.get_running_loop()
         stt = self.transcriber
-        text: str = await loop.run_in_executor(
-            self._stt, lambda: stt.transcribe(pcm16_24k, language=language, prompt=prompt)
+        return await loop.run_in_executor(
+            self._stt, lambda: stt.hear(pcm16_24k, language=language, prompt=prompt)
         )
-        return text
 
     # ------------------------------------------------------------------ TTS
 

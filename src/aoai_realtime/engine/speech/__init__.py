@@ -134,12 +134,15 @@ class SpeechStack:
         prefix_padding_ms: int = 300,
         silence_duration_ms: int = 500,
         eagerness: Eagerness | None = None,
+        hears_words: bool = False,
     ) -> TurnDetector:
-        """A turn detector for one session, with a detector of its own."""
+        """A turn detector for one session, with a detector of its own (``hears_words``: see
+        :class:`TurnDetector`)."""
         return TurnDetector(
             self.new_detector(),
             threshold=threshold,
             prefix_padding_ms=prefix_padding_ms,
             silence_duration_ms=silence_duration_ms,
             eagerness=eagerness,
+            hears_words=hears_words,
         )

@@ -17,12 +17,22 @@ engine's voice: word error rate 5.5 % in the 30 s window, 3.6 % in the 10 s one,
 5 s); from 10 s on it was as accurate as the full window, on 3-18 s clips as well. The encoder
 then costs about 55 ms for a short utterance instead of 390 ms. Longer audio goes through
 faster-whisper's own 30 s segments.
+
+**How the utterance ends** (:class:`Ending`). Decoding in one window also gives the
+log-probability whisper put on each token it wrote, and how sure it was of the last ones says
+whether the speaker had finished: after a whole sentence it closes with ``.`` or ``?`` at
+-0.0 to -0.4 and is sure of the last word; when the speech stops mid-sentence it hesitates on
+the closing mark, writes ``...``, or invents a last word the audio does not hold ("a short story
+about a dress") at a low probability. ``semantic_vad`` decides on these two numbers (see
+:mod:`.vad`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +76,36 @@ def model_dir() -> Path:
     return model_file(MODEL_PACKAGE, "model", "model.bin").parent
 
 
+FINAL_MARKS = frozenset({".", "?", "!"})
+"""The marks that end a sentence."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How sure whisper was of the end of what it heard (log-probabilities, natural log).
+
+    ``mark`` is the closing punctuation it wrote ("" when the text ends otherwise, as with
+    "..." or no mark), ``mark_logprob`` that token's log-probability (``-inf`` without a
+    mark), ``word_logprob`` the lowest of the last word's tokens, and ``end_logprob`` how
+    likely it found that the text ends right after the last word: a closing mark or the end of
+    text there (``-inf`` when the text ends in neither a word nor a mark, as with "...").
+    """
+
+    mark: str
+    mark_logprob: float
+    word_logprob: float
+    end_logprob: float
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A transcription: its words and how it ends (None when whisper did not say: long audio
+    decoded in segments, or no speech)."""
+
+    text: str
+    ending: Ending | None = None
+
+
 class Transcriber:
     """Whisper tiny.en transcription of 24 kHz PCM16 utterances (English only).
 
@@ -96,6 +136,10 @@ class Transcriber:
             transcribe_module.get_suppressed_tokens(self._tokenizer, [-1])
         )
         self._pad_or_trim = require("faster_whisper.audio").pad_or_trim
+        self._ends = [
+            *(self._tokenizer.encode(m)[0] for m in sorted(FINAL_MARKS)),
+            self._tokenizer.eot,
+        ]
         self._lock = threading.Lock()
         self._warm_up()
 
@@ -117,26 +161,35 @@ class Transcriber:
         ``language`` is accepted for the protocol's sake, but tiny.en only knows English, so any
         value decodes as English. ``prompt`` is whisper's initial prompt (spellings, context).
         """
+        return self.hear(pcm16_24k, language, prompt).text
+
+    def hear(
+        self,
+        pcm16_24k: bytes | bytearray | memoryview,
+        language: str | None = None,
+        prompt: str | None = None,
+    ) -> Heard:
+        """As :meth:`transcribe`, with how sure whisper was of the end of the utterance."""
         del language  # tiny.en is English-only; faster-whisper forces "en" anyway
         usable = len(pcm16_24k) - len(pcm16_24k) % 2
         samples = np.frombuffer(bytes(pcm16_24k[:usable]), dtype="<i2").astype(np.float32)
         samples /= 32768.0
         if samples.shape[0] * 1000 < MIN_AUDIO_MS * INPUT_RATE:
-            return ""
+            return Heard("")
         if float(np.max(np.abs(samples))) < SILENCE_PEAK:
-            return ""
+            return Heard("")
         audio = np.asarray(soxr.resample(samples, INPUT_RATE, WHISPER_RATE, quality="HQ"))
         return self._decode(audio.astype(np.float32, copy=False), prompt)
 
-    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None) -> str:
+    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None) -> Heard:
         seconds = audio.shape[0] / WHISPER_RATE
         with self._lock:
             if seconds * FRAMES_PER_SECOND + WINDOW_PAD_FRAMES < WINDOW_MAX_FRAMES:
                 features = self._model.feature_extractor(audio)
                 return self._decode_window(features, seconds, prompt)
-            return self._decode_segments(audio, prompt)  # faster-whisper makes its features
+            return Heard(self._decode_segments(audio, prompt))  # faster-whisper's features
 
-    def _decode_window(self, features: Any, seconds: float, prompt: str | None) -> str:
+    def _decode_window(self, features: Any, seconds: float, prompt: str | None) -> Heard:
         """One decoding in a window as long as the speech (see the module's docstring)."""
         tok = self._tokenizer
         frames = max(WINDOW_MIN_FRAMES, features.shape[-1] + WINDOW_PAD_FRAMES)
@@ -158,14 +211,20 @@ class Transcriber:
             suppress_blank=True,
             suppress_tokens=self._suppressed,
             return_scores=True,
+            return_logits_vocab=True,
             return_no_speech_prob=True,
         )
-        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+        ids = result.sequences_ids[0]
+        tokens = [t for t in ids if t < tok.eot]
         # faster-whisper's average: the sum of the tokens' log-probabilities over length + 1
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
         if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < NO_SPEECH_LOGPROB:
-            return ""
-        return _words_or_nothing(str(tok.decode(tokens)))
+            return Heard("")
+        text = _words_or_nothing(str(tok.decode(tokens)))
+        if not text:
+            return Heard("")
+        pieces = [str(tok.decode([t])) for t in tokens]
+        return Heard(text, _ending(pieces, result.logits[0], tokens, self._ends))
 
     def _decode_segments(self, audio: npt.NDArray[np.float32], prompt: str | None) -> str:
         """Long audio: faster-whisper's own loop over 30 s segments."""
@@ -189,6 +248,46 @@ class Transcriber:
 
     def __repr__(self) -> str:
         return f"Transcriber(cpu_threads={self.cpu_threads}, beam_size={self.beam_size})"
+
+
+def _ending(pieces: list[str], logits: Any, tokens: list[int], ends: list[int]) -> Ending:
+    """The :class:`Ending` of a text written as ``pieces`` (the decoded ``tokens``), from the
+    decoder's ``logits`` at each step (one more than the tokens: the end of text's); ``ends``
+    are the tokens that end a text (the closing marks and the end of text)."""
+
+    def row(i: int) -> tuple[Any, float]:
+        values = np.asarray(logits[i], dtype=np.float64).reshape(-1)
+        top = float(values.max())
+        return values, top + math.log(float(np.exp(values - top).sum()))
+
+    def logprob(i: int) -> float:
+        values, total = row(i)
+        return float(values[tokens[i]]) - total
+
+    last = len(pieces) - 1
+    while last >= 0 and not pieces[last].strip():
+        last -= 1
+    mark = pieces[last].strip() if last >= 0 else ""
+    after = last + 1  # the step after the last word: its mark's, or the end of text's
+    if mark in FINAL_MARKS:
+        mark_logprob = logprob(last)
+        after = last
+        last -= 1
+    else:
+        mark, mark_logprob = "", -math.inf
+    end_logprob = -math.inf
+    if last >= 0 and pieces[last].strip().isalnum() and after < len(logits):
+        values, total = row(after)
+        end_logprob = float(np.logaddexp.reduce(values[ends] - total))
+    # the last word: its tokens back to the one that starts it (a space, or punctuation)
+    word = []
+    while last >= 0:
+        word.append(logprob(last))
+        piece = pieces[last]
+        if piece.startswith(" ") or not piece.strip().isalnum():
+            break
+        last -= 1
+    return Ending(mark, mark_logprob, min(word) if word else -math.inf, end_logprob)
 
 
 def _words_or_nothing(text: str) -> str:

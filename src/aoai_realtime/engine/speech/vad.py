@@ -32,6 +32,7 @@ import soxr
 
 from . import turn
 from ._deps import model_file, require
+from .stt import FINAL_MARKS, Ending
 from .turn import WINDOW_SAMPLES as _TURN_WINDOW_SAMPLES
 from .turn import EndOfTurnModel
 
@@ -47,29 +48,69 @@ Eagerness = Literal["low", "medium", "high", "auto"]
 class SemanticRule:
     """How ``semantic_vad`` ends a turn at one eagerness.
 
-    When a pause has lasted ``pause_ms`` the end-of-turn model hears the utterance so far; if it
-    is at least ``threshold`` sure that the utterance is complete, the turn ends there. Otherwise
-    the detector waits: speech resumes (the pause was inside the turn, and the next pause is
-    judged afresh), or the pause reaches ``max_wait_ms`` and the turn ends anyway.
+    When a pause has lasted ``pause_ms`` the utterance so far is judged. With the words
+    (:class:`TurnDetector` made with ``hears_words``, as the engine's are), it is complete when
+    whisper's transcript of it closes with ``.``, ``?`` or ``!`` at a log-probability of at
+    least ``mark_logprob`` and its last word at least ``word_logprob``
+    (:meth:`finished`); or when whisper closed it less surely (at least
+    ``confirm_mark_logprob``) and Smart Turn is at least ``confirm_threshold`` sure
+    (:meth:`needs_confirmation`: short replies such as "Yes." or "Hello there." often end so).
+    Without the words (none heard), Smart Turn alone must be at least ``threshold`` sure. If
+    the utterance is complete, the turn ends there. Otherwise the detector waits: speech
+    resumes (the pause was inside the turn, and the next pause is judged afresh), or the pause
+    reaches ``max_wait_ms`` and the turn ends anyway.
     """
 
     threshold: float
     pause_ms: int
     max_wait_ms: int
+    mark_logprob: float
+    word_logprob: float
+    confirm_mark_logprob: float
+    confirm_threshold: float
 
+    def finished(self, ending: Ending) -> bool:
+        """Whether whisper's :class:`~.stt.Ending` of the utterance says it is complete: it
+        closed with a mark and was sure enough of it and of the last word, or it wrote no mark
+        but was nearly certain both of the last word and that the text ends there."""
+        if ending.mark in FINAL_MARKS:
+            return (
+                ending.mark_logprob >= self.mark_logprob
+                and ending.word_logprob >= self.word_logprob
+            )
+        return min(ending.word_logprob, ending.end_logprob) >= UNMARKED_END_LOGPROB
+
+    def needs_confirmation(self, ending: Ending) -> bool:
+        """Whether an utterance that is not :meth:`finished` closed surely enough that Smart
+        Turn may still end it (at ``confirm_threshold``)."""
+        return ending.mark in FINAL_MARKS and ending.mark_logprob >= self.confirm_mark_logprob
+
+
+UNMARKED_END_LOGPROB = -0.1
+"""Whisper sometimes closes a finished sentence with no mark at all; it then ends the turn if
+it was this sure of the last word and of the end of the text after it (every eagerness)."""
 
 EAGERNESS: dict[str, SemanticRule] = {
-    "low": SemanticRule(threshold=0.95, pause_ms=64, max_wait_ms=8000),
-    "medium": SemanticRule(threshold=0.9, pause_ms=64, max_wait_ms=4000),
-    "high": SemanticRule(threshold=0.7, pause_ms=64, max_wait_ms=2000),
-    "auto": SemanticRule(threshold=0.9, pause_ms=64, max_wait_ms=4000),
+    "low": SemanticRule(
+        0.95, 64, 8000, -0.25, -0.3, confirm_mark_logprob=-0.5, confirm_threshold=0.98
+    ),
+    "medium": SemanticRule(
+        0.9, 64, 4000, -0.4, -0.5, confirm_mark_logprob=-0.8, confirm_threshold=0.95
+    ),
+    "high": SemanticRule(
+        0.7, 64, 2000, -0.6, -0.5, confirm_mark_logprob=-1.0, confirm_threshold=0.95
+    ),
+    "auto": SemanticRule(
+        0.9, 64, 4000, -0.4, -0.5, confirm_mark_logprob=-0.8, confirm_threshold=0.95
+    ),
 }
 """``semantic_vad`` eagerness -> :class:`SemanticRule`.
 
 The maximum waits are the service's (``low``, ``medium`` and ``high`` wait at most 8, 4 and
-2 s; ``auto`` is ``medium``). The thresholds say how sure Smart Turn must be: ``high`` ends
-when it leans towards complete at all, ``low`` only when it is nearly certain (chosen on
-``benchmarks/bench_turns.py``; see docs/engine.md).
+2 s; ``auto`` is ``medium``). The log-probabilities say how sure whisper must be of the end
+(``high`` ends on a likely full stop, ``low`` only on a certain one), the thresholds how sure
+Smart Turn must be; all chosen on ``benchmarks/bench_turns.py`` and short replies (see
+docs/engine.md).
 """
 
 FALLBACK_SILENCE_MS: dict[str, int] = {"low": 800, "medium": 500, "high": 250, "auto": 500}
@@ -185,15 +226,26 @@ class TurnEvent:
 class TurnCheck:
     """One question to the end-of-turn model (``semantic_vad``), for logs, tests, benchmarks.
 
-    ``pause_ms`` is where the pause began and ``audio_ms`` where the model was asked, both on the
-    session's timeline; ``complete`` is whether ``probability`` reached the rule's threshold
-    (and so ended the turn at ``audio_ms``).
+    ``pause_ms`` is where the pause began and ``audio_ms`` where the utterance was judged, both
+    on the session's timeline; ``complete`` is the judgement (it ended the turn at
+    ``audio_ms``). It rests on ``ending``, whisper's words, when they were heard, else on
+    ``probability``, Smart Turn's (None when the words decided).
     """
 
     pause_ms: int
     audio_ms: int
-    probability: float
+    probability: float | None
     complete: bool
+    ending: Ending | None = None
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """A pause waiting for its judgement (a detector made with ``hears_words``): the caller
+    transcribes the utterance up to ``pause_ms`` and calls :meth:`TurnDetector.resume`."""
+
+    pause_ms: int
+    audio_ms: int
 
 
 class TurnDetector:
@@ -215,13 +267,20 @@ class TurnDetector:
     * ``audio_ms`` is a whole number of frames (32 ms steps) minus the padding, computed from
       frame counts only, so the events are identical for any chunking of the same audio.
     * ``semantic_vad`` (an ``eagerness``): ``silence_duration_ms`` is the rule's maximum wait,
-      and once a pause has lasted the rule's ``pause_ms`` the end-of-turn model hears the
-      utterance (from half a second before its speech began, or the end of the previous turn,
-      up to the frame that completed the pause; its last 8 s). If it is sure enough that the
-      utterance is complete, ``speech_stopped`` is reported by that frame, with the same
-      ``audio_ms`` as ever (the start of the pause). The model is asked once per pause, at a
-      frame index, on audio fixed by frame counts: the decision does not depend on chunking
-      either, and it runs in the thread that calls :meth:`feed` (the engine's VAD threads).
+      and once a pause has lasted the rule's ``pause_ms`` the utterance is judged, once per
+      pause, at a frame index (:class:`SemanticRule`). If it is complete, ``speech_stopped`` is
+      reported by that frame, with the same ``audio_ms`` as ever (the start of the pause).
+
+      - With ``hears_words`` the words decide: the detector stops at that frame and
+        :attr:`awaiting` says which pause waits; audio fed meanwhile is kept, not judged. The
+        caller transcribes the utterance up to the pause (:meth:`.stt.Transcriber.hear`) and
+        calls :meth:`resume` with whisper's :class:`~.stt.Ending` (None if it has none), which
+        applies the judgement at that frame and goes on with the audio kept. So the turns do
+        not depend on how long the transcription took, nor on chunking.
+      - Otherwise the end-of-turn model hears the utterance (from half a second before its
+        speech began, or the end of the previous turn, up to the frame that completed the
+        pause; its last 8 s), in the thread that calls :meth:`feed`, on audio fixed by frame
+        counts. :meth:`resume` without an ending uses it too.
 
     The 24 kHz -> 16 kHz filter holds back about 30 ms of audio, so events come at most that
     much later than the audio that caused them; their ``audio_ms`` is unaffected.
@@ -237,9 +296,12 @@ class TurnDetector:
         eagerness: Eagerness | None = None,
         min_speech_ms: int = 64,
         end_of_turn: EndOfTurnModel | None = None,
+        hears_words: bool = False,
     ) -> None:
         self.detector = detector if detector is not None else SpeechDetector()
         self.min_speech_ms = min_speech_ms
+        self.hears_words = hears_words
+        """``semantic_vad`` judges a pause on whisper's words, which the caller hears."""
         self._end_of_turn = end_of_turn  # the process's shared model, fetched at the first check
         self._lock = threading.Lock()
         self.rule: SemanticRule | None = None
@@ -318,6 +380,8 @@ class TurnDetector:
         self._speech_frame = 0
         self._checked = False
         self.last_check: TurnCheck | None = None
+        self._awaiting: PendingCheck | None = None
+        self._awaiting_frame = 0
 
     def reset(self, offset_ms: int | None = None) -> None:
         """Start over, e.g. when the input audio buffer is cleared.
@@ -346,6 +410,18 @@ class TurnDetector:
     def speaking(self) -> bool:
         """True between a ``speech_started`` and its ``speech_stopped``."""
         return self._speaking
+
+    @property
+    def awaiting(self) -> PendingCheck | None:
+        """The pause waiting for :meth:`resume` (``hears_words``), or None."""
+        return self._awaiting
+
+    @property
+    def now_ms(self) -> int:
+        """How far the detector has gone on the session's timeline: all the input received,
+        except while a pause awaits its judgement, when time stands at the check."""
+        awaiting = self._awaiting
+        return awaiting.audio_ms if awaiting is not None else self.total_ms
 
     @property
     def silence_started_ms(self) -> int | None:
@@ -384,17 +460,46 @@ class TurnDetector:
             out = np.asarray(self._resampler.resample_chunk(samples), dtype=np.float32)
             if out.shape[0]:
                 self._pending = np.concatenate([self._pending, out.reshape(-1)])
-            events: list[TurnEvent] = []
-            n_frames = self._pending.shape[0] // self._frame
-            for i in range(n_frames):
-                frame = self._pending[i * self._frame : (i + 1) * self._frame]
-                if self.rule is not None:
-                    self._remember(frame)
-                event = self._judge(self.detector.probability(frame))
-                if event is not None:
-                    events.append(event)
-            self._pending = self._pending[n_frames * self._frame :].copy()
-            return events
+            return self._run()
+
+    def resume(self, ending: Ending | None) -> list[TurnEvent]:
+        """Judge the pause in :attr:`awaiting` on whisper's ``ending`` of the utterance up to
+        it (None: it had none, and Smart Turn judges), then go on with the audio fed meanwhile;
+        returns the turn events, as :meth:`feed` does. Nothing happens when no pause awaits
+        (the detector was reset meanwhile)."""
+        with self._lock:
+            awaiting = self._awaiting
+            rule = self.rule
+            if awaiting is None or rule is None:
+                return []
+            self._awaiting = None
+            k = self._awaiting_frame
+            if ending is None:
+                complete = self._ask_model(k, rule.threshold)
+            elif not rule.finished(ending) and rule.needs_confirmation(ending):
+                complete = self._ask_model(k, rule.confirm_threshold, ending)
+            else:
+                complete = rule.finished(ending)
+                self.last_check = TurnCheck(
+                    awaiting.pause_ms, awaiting.audio_ms, None, complete, ending
+                )
+            events = [self._stop(k)] if complete else []
+            return events + self._run()
+
+    def _run(self) -> list[TurnEvent]:
+        """Judge the whole frames waiting in ``_pending`` (until a pause awaits a judgement)."""
+        events: list[TurnEvent] = []
+        done = 0
+        while self._awaiting is None and self._pending.shape[0] - done >= self._frame:
+            frame = self._pending[done : done + self._frame]
+            done += self._frame
+            if self.rule is not None:
+                self._remember(frame)
+            event = self._judge(self.detector.probability(frame))
+            if event is not None:
+                events.append(event)
+        self._pending = self._pending[done:].copy()
+        return events
 
     def _judge(self, p: float) -> TurnEvent | None:
         """Advance the state machine by one frame of probability ``p``."""
@@ -428,9 +533,21 @@ class TurnDetector:
         complete = False
         if rule is not None and not self._checked and paused >= rule.pause_ms:
             self._checked = True
-            complete = self._ask_model(rule, k)
+            if self.hears_words:
+                self._awaiting = PendingCheck(
+                    pause_ms=self._offset_ms + self._frame_ms(self._silence_start),
+                    audio_ms=self._offset_ms + self._frame_ms(k + 1),
+                )
+                self._awaiting_frame = k
+                return None
+            complete = self._ask_model(k, rule.threshold)
         if not complete and paused < self.silence_duration_ms:
             return None
+        return self._stop(k)
+
+    def _stop(self, k: int) -> TurnEvent:
+        """``speech_stopped`` by frame ``k``: the turn ended at the start of its pause."""
+        assert self._silence_start is not None
         end_ms = self._frame_ms(self._silence_start)
         self._speaking = False
         self._silence_start = None
@@ -465,18 +582,20 @@ class TurnDetector:
         order = [(i % slots) for i in range(first, last_frame + 1)]
         return ring.reshape(slots, self._frame)[order].reshape(-1)
 
-    def _ask_model(self, rule: SemanticRule, k: int) -> bool:
-        """Whether the end-of-turn model says the utterance up to frame ``k`` is complete."""
+    def _ask_model(self, k: int, threshold: float, ending: Ending | None = None) -> bool:
+        """Whether the end-of-turn model is at least ``threshold`` sure that the utterance up
+        to frame ``k`` is complete (``ending``: what whisper heard, for the record)."""
         if self._end_of_turn is None:
             self._end_of_turn = EndOfTurnModel.shared()
         probability = self._end_of_turn.probability(self._utterance(k))
-        complete = probability >= rule.threshold
+        complete = probability >= threshold
         assert self._silence_start is not None
         self.last_check = TurnCheck(
             pause_ms=self._offset_ms + self._frame_ms(self._silence_start),
             audio_ms=self._offset_ms + self._frame_ms(k + 1),
             probability=probability,
             complete=complete,
+            ending=ending,
         )
         return complete
 
