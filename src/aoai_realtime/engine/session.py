@@ -1005,6 +1005,8 @@ class RealtimeSession:
         return run
 
     def _response_finished(self, run: ResponseRun) -> None:
+        if self.speech is not None:
+            self.speech.release_memory()
         self.runs.pop(run.id, None)
         if self.active is run:
             self.active = None

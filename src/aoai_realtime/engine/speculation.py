@@ -25,6 +25,10 @@ long the turn. Shorter pauses (between words) are dropped, since whisper does be
 phrases. A pause's transcription is the same work either way: it becomes the turn's transcript,
 a segment, or (for a short pause) nothing.
 
+**The judgement of ``semantic_vad``.** A pause is judged on how whisper ended its transcript
+(:meth:`Speculator.pause_ending`): the pause's transcription then becomes the turn's work, and
+with speculation off it is started there, to serve as the transcript if the turn ends.
+
 Replies are prepared only for brains that say ``speculative = True`` (the local and scripted
 ones; a remote chat-completions brain would pay for requests that are thrown away).
 ``enabled = False`` (``aoai-realtime engine --no-speculation``) turns all of this off: each turn

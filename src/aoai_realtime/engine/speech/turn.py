@@ -1,5 +1,8 @@
 """End of turn: has the speaker finished, or only paused? Smart Turn v3.2 on ONNX Runtime.
 
+The engine's ``semantic_vad`` decides on whisper's words first (see :mod:`.vad`); this model
+confirms an end whisper was less sure of, and judges alone when no words were heard.
+
 Smart Turn (by Daily, BSD-2-Clause) is a small Whisper-encoder classifier that listens to the last
 8 seconds of an utterance, prosody and words together, and returns the probability that the
 speaker has finished. Its file, ``smart-turn-v3.2-cpu.onnx`` (8.7 MB, int8), ships inside the
