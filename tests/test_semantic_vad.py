@@ -28,13 +28,14 @@ from aoai_realtime.engine.speech.vad import (
     TurnDetector,
     TurnEvent,
 )
-from helpers import connect
+from helpers import ENGINE_SCRIPT, connect, engine_thread
 
 BYTES_PER_MS = 48  # PCM16 mono 24 kHz
 COMPLETE = "Can you explain how a rainbow forms after a summer storm?"
 CUT_OFF = "I would like to order a,"
 STOPPED = "Tell me a story about"  # whisper writes no closing mark: it hears no end
 TRAILING = "Please remind me to call my"  # whisper adds a full stop, unsure of it
+WORDS_ONLY = "Do you know if the museum is open on Sunday afternoons in winter?"
 SURE_END = Ending(".", -0.05, -0.01, -0.03)
 NO_END = Ending("", float("-inf"), -0.9, float("-inf"))
 
@@ -349,3 +350,35 @@ async def test_the_engine_waits_on_a_cut_off_turn(
         stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
         assert stopped["audio_end_ms"] <= 500 + len(speech) // BYTES_PER_MS
         await rt.wait_for("input_audio_buffer.committed")
+
+
+@pytest.mark.parametrize("speculation", [True, False])
+async def test_the_engine_ends_a_turn_on_the_words_of_its_transcript(
+    speech_stack: Any,
+    tts_wav: Callable[..., bytes],
+    silence: Callable[[int], bytes],
+    speculation: bool,
+) -> None:
+    # The judgement waits for the pause's transcription, which becomes the turn's transcript.
+    # With ``--no-speculation`` nothing transcribes the pause ahead, so the judgement starts
+    # the transcription itself. Smart Turn alone
+    # would keep this finished question open (it scores it about 0.04): only the words end it.
+    speech = tts_wav(WORDS_ONLY)
+    alone = _feed(
+        speech_stack.new_turn_detector(eagerness="auto"), silence(500) + speech + silence(1000)
+    )
+    assert _kinds(alone) == ["speech_started"]
+    for engine in engine_thread(
+        speech_stack, brain="scripted", script=ENGINE_SCRIPT, speculation=speculation
+    ):
+        async with connect(engine) as rt:
+            td = {"type": "semantic_vad", "eagerness": "auto", "create_response": False}
+            await rt.update(
+                audio={"input": {"turn_detection": td, "transcription": {"model": "whisper-1"}}}
+            )
+            # 1 s of silence, a quarter of auto's maximum wait: only the words can end the turn
+            await rt.append(silence(500) + speech + silence(1000))
+            stopped = await rt.wait_for("input_audio_buffer.speech_stopped")
+            done = await rt.wait_for("conversation.item.input_audio_transcription.completed")
+        assert stopped["audio_end_ms"] <= 500 + len(speech) // BYTES_PER_MS
+        assert done["transcript"] == WORDS_ONLY
