@@ -117,6 +117,7 @@ def test_eagerness_sets_the_model_threshold_and_the_services_maximum_wait(
     assert low.mark_logprob > medium.mark_logprob > high.mark_logprob
     assert low.confirm_mark_logprob > medium.confirm_mark_logprob > high.confirm_mark_logprob
     assert low.confirm_threshold >= medium.confirm_threshold >= high.confirm_threshold
+    assert low.short_threshold > medium.short_threshold > high.short_threshold
     detector = TurnDetector.semantic("high", speech_stack.new_detector())
     assert detector.rule == EAGERNESS["high"] and detector.silence_duration_ms == 2000
     assert speech_stack.new_turn_detector().rule is None  # server_vad asks no model
@@ -198,6 +199,7 @@ def test_whisper_hears_whether_an_utterance_ended(
     heard = speech_stack.stt.hear(tts_wav(COMPLETE))
     assert heard.text == COMPLETE
     assert heard.ending is not None and heard.ending.mark == "?"
+    assert heard.ending.words == len(COMPLETE.split())
     stopped = speech_stack.stt.hear(tts_wav(STOPPED))
     trailing = speech_stack.stt.hear(tts_wav(TRAILING))
     assert stopped.ending is not None and stopped.ending.mark == ""
@@ -212,7 +214,12 @@ def test_whisper_hears_whether_an_utterance_ended(
     assert rule.finished(Ending("?", -0.1, -0.1, -0.1))
     assert not rule.finished(Ending("?", -0.1, -1.5, -0.1))  # an invented last word
     assert not rule.finished(Ending(".", -1.2, -0.1, -0.5))  # a hesitant full stop
-    assert rule.needs_confirmation(Ending(".", -0.6, -0.4, -0.2))  # "Hello there."
+    hello = Ending(".", -0.6, -0.4, -0.2, words=2)  # "Hello there."
+    assert not rule.finished(hello) and rule.needs_confirmation(hello)
+    assert rule.confirmation_threshold(hello) == rule.short_threshold < rule.confirm_threshold
+    assert rule.confirmation_threshold(Ending(".", -0.6, -0.4, -0.2, words=6)) == (
+        rule.confirm_threshold
+    )
     # no mark: only when whisper was all but certain that the text ends after the last word
     assert rule.finished(Ending("", float("-inf"), -0.01, -0.05))
     assert not rule.finished(Ending("", float("-inf"), -0.01, -0.6))

@@ -89,12 +89,14 @@ class Ending:
     mark), ``word_logprob`` the lowest of the last word's tokens, and ``end_logprob`` how
     likely it found that the text ends right after the last word: a closing mark or the end of
     text there (``-inf`` when the text ends in neither a word nor a mark, as with "...").
+    ``words`` counts the words of the text.
     """
 
     mark: str
     mark_logprob: float
     word_logprob: float
     end_logprob: float
+    words: int = 0
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ def _ending(pieces: list[str], logits: Any, tokens: list[int], ends: list[int]) 
         if piece.startswith(" ") or not piece.strip().isalnum():
             break
         last -= 1
-    return Ending(mark, mark_logprob, min(word) if word else -math.inf, end_logprob)
+    words = len("".join(pieces).split())
+    return Ending(mark, mark_logprob, min(word) if word else -math.inf, end_logprob, words)
 
 
 def _words_or_nothing(text: str) -> str:

@@ -54,7 +54,8 @@ class SemanticRule:
     least ``mark_logprob`` and its last word at least ``word_logprob``
     (:meth:`finished`); or when whisper closed it less surely (at least
     ``confirm_mark_logprob``) and Smart Turn is at least ``confirm_threshold`` sure
-    (:meth:`needs_confirmation`: short replies such as "Yes." or "Hello there." often end so).
+    (:meth:`needs_confirmation`: short replies such as "Yes." or "Hello there." often end so;
+    for a reply of at most ``SHORT_REPLY_WORDS`` words, ``short_threshold`` sure is enough).
     Without the words (none heard), Smart Turn alone must be at least ``threshold`` sure. If
     the utterance is complete, the turn ends there. Otherwise the detector waits: speech
     resumes (the pause was inside the turn, and the next pause is judged afresh), or the pause
@@ -68,6 +69,7 @@ class SemanticRule:
     word_logprob: float
     confirm_mark_logprob: float
     confirm_threshold: float
+    short_threshold: float
 
     def finished(self, ending: Ending) -> bool:
         """Whether whisper's :class:`~.stt.Ending` of the utterance says it is complete: it
@@ -82,8 +84,19 @@ class SemanticRule:
 
     def needs_confirmation(self, ending: Ending) -> bool:
         """Whether an utterance that is not :meth:`finished` closed surely enough that Smart
-        Turn may still end it (at ``confirm_threshold``)."""
+        Turn may still end it (at :meth:`confirmation_threshold`)."""
         return ending.mark in FINAL_MARKS and ending.mark_logprob >= self.confirm_mark_logprob
+
+    def confirmation_threshold(self, ending: Ending) -> float:
+        """How sure Smart Turn must be to confirm the end: less for a short reply, which whisper
+        is least sure of ("Yes.", "Okay.", "Stop.")."""
+        if ending.words <= SHORT_REPLY_WORDS:
+            return self.short_threshold
+        return self.confirm_threshold
+
+
+SHORT_REPLY_WORDS = 2
+"""A reply of at most this many words is short (see :attr:`SemanticRule.short_threshold`)."""
 
 
 UNMARKED_END_LOGPROB = -0.1
@@ -91,18 +104,11 @@ UNMARKED_END_LOGPROB = -0.1
 it was this sure of the last word and of the end of the text after it (every eagerness)."""
 
 EAGERNESS: dict[str, SemanticRule] = {
-    "low": SemanticRule(
-        0.95, 64, 8000, -0.25, -0.3, confirm_mark_logprob=-0.5, confirm_threshold=0.98
-    ),
-    "medium": SemanticRule(
-        0.9, 64, 4000, -0.4, -0.5, confirm_mark_logprob=-0.8, confirm_threshold=0.95
-    ),
-    "high": SemanticRule(
-        0.7, 64, 2000, -0.6, -0.5, confirm_mark_logprob=-1.0, confirm_threshold=0.95
-    ),
-    "auto": SemanticRule(
-        0.9, 64, 4000, -0.4, -0.5, confirm_mark_logprob=-0.8, confirm_threshold=0.95
-    ),
+    # Smart Turn alone, pause, maximum wait; whisper's mark and last word; the confirmation
+    "low": SemanticRule(0.95, 64, 8000, -0.25, -0.3, -0.5, 0.98, short_threshold=0.85),
+    "medium": SemanticRule(0.9, 64, 4000, -0.4, -0.5, -0.8, 0.95, short_threshold=0.7),
+    "high": SemanticRule(0.7, 64, 2000, -0.6, -0.5, -1.0, 0.95, short_threshold=0.6),
+    "auto": SemanticRule(0.9, 64, 4000, -0.4, -0.5, -0.8, 0.95, short_threshold=0.7),
 }
 """``semantic_vad`` eagerness -> :class:`SemanticRule`.
 
@@ -477,7 +483,7 @@ class TurnDetector:
             if ending is None:
                 complete = self._ask_model(k, rule.threshold)
             elif not rule.finished(ending) and rule.needs_confirmation(ending):
-                complete = self._ask_model(k, rule.confirm_threshold, ending)
+                complete = self._ask_model(k, rule.confirmation_threshold(ending), ending)
             else:
                 complete = rule.finished(ending)
                 self.last_check = TurnCheck(
