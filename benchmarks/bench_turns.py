@@ -123,43 +123,31 @@ def pcm16(samples: np.ndarray) -> bytes:
 
 
 def make_clips(tts: Synthesizer, words_model: object, repeat: int) -> tuple[list[Clip], int]:
-    """Complete and cut-off clips of every sentence (``repeat`` syntheses each); also how many
-    cuts fell back on an estimate because whisper's words did not line up with the text."""
+    """Short replies, and complete and cut-off clips of every sentence (``repeat`` syntheses
+    each); also how many cuts fell back on an estimate because whisper's words did not line up
+    with the text."""
     clips: list[Clip] = []
     estimated = 0
     lead = np.zeros(LEAD_MS * RATE // 1000, dtype=np.float32)
     tail = np.zeros(TAIL_MS * RATE // 1000, dtype=np.float32)
+
+    def spoken(kind: str, text: str, voice: str) -> np.ndarray:
+        """Synthesize ``text``, keep it as a clip of ``kind``; its samples."""
+        audio = np.frombuffer(b"".join(tts.synthesize(text, voice=voice)), "<i2")
+        speech = audio.astype(np.float32) / 32768.0
+        whole = pcm16(np.concatenate([lead, speech, tail]))
+        clips.append(Clip(kind, text, voice, whole, LEAD_MS + speech_end_ms(speech)))
+        return speech
+
     for r in range(repeat):
         for i, text in enumerate(SHORT):
-            voice = VOICES[(i + r * 3) % len(VOICES)]
-            speech = np.frombuffer(b"".join(tts.synthesize(text, voice=voice)), "<i2")
-            samples = speech.astype(np.float32) / 32768.0
-            end = speech_end_ms(samples)
-            clips.append(
-                Clip(
-                    "short",
-                    text,
-                    voice,
-                    pcm16(np.concatenate([lead, samples, tail])),
-                    LEAD_MS + end,
-                )
-            )
+            spoken("short", text, VOICES[(i + r * 3) % len(VOICES)])
         for i, marked in enumerate(SENTENCES):
             text = marked.replace(" | ", " ")
             n_prefix = len(marked.split(" | ")[0].split())
             voice = VOICES[(i + r * 3) % len(VOICES)]
-            audio = np.frombuffer(b"".join(tts.synthesize(text, voice=voice)), "<i2")
-            speech = audio.astype(np.float32) / 32768.0
+            speech = spoken("complete", text, voice)
             end = speech_end_ms(speech)
-            clips.append(
-                Clip(
-                    "complete",
-                    text,
-                    voice,
-                    pcm16(np.concatenate([lead, speech, tail])),
-                    LEAD_MS + end,
-                )
-            )
             cut_ms, exact = cut_point(words_model, speech, text, n_prefix, end)
             estimated += not exact
             part = speech[: int(cut_ms * RATE / 1000)]

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._threads import give_back_memory
 from ..audio import Resampler, alaw_decode, b64decode_audio, ulaw_decode
 from ..protocol import events as ev
 from ..protocol.dialect import PART_TO_PREVIEW, Dialect
@@ -1006,7 +1007,7 @@ class RealtimeSession:
 
     def _response_finished(self, run: ResponseRun) -> None:
         if self.speech is not None:
-            self.speech.release_memory()
+            give_back_memory()  # the models' turn-sized buffers are freed by now
         self.runs.pop(run.id, None)
         if self.active is run:
             self.active = None

@@ -19,9 +19,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
-import ctypes
-import ctypes.util
-import functools
 import threading
 import weakref
 from collections import OrderedDict, deque
@@ -34,20 +31,6 @@ T = TypeVar("T")
 LLM_MAX_AHEAD = 3
 """The model pauses when this many text pieces wait unread: a consumer that stops reading (to
 let the first sentence be synthesized at full speed) stops the model using the CPU."""
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
 
 _OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("model_owner", default=None)
 
@@ -199,25 +182,6 @@ class SharedSpeech:
         self._llm = FairExecutor("engine-llm")
         # VAD state is per session (one TurnDetector each), so two sessions may run at once.
         self._vad = ThreadPoolExecutor(2, thread_name_prefix="engine-vad")
-        self._trimming = False
-
-    def release_memory(self) -> None:
-        """Hand the C heap's free pages back to the system, in the background (after each
-        response: the models' turn-sized buffers are freed by then, and glibc would keep
-        them; 35-40 MiB of the engine's resident memory after 24 turns). One at a time; a
-        no-op without glibc."""
-        trim = _malloc_trim()
-        if trim is None or self._trimming:
-            return
-        self._trimming = True
-
-        def run() -> None:
-            try:
-                trim(0)
-            finally:
-                self._trimming = False
-
-        asyncio.get_running_loop().run_in_executor(self._vad, run)
 
     @classmethod
     def for_stack(cls, stack: Any) -> SharedSpeech:
