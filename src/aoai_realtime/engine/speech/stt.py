@@ -280,7 +280,9 @@ def _ending(pieces: list[str], logits: Any, tokens: list[int], ends: list[int]) 
     end_logprob = -math.inf
     if last >= 0 and pieces[last].strip().isalnum() and after < len(logits):
         values, total = row(after)
-        end_logprob = float(np.logaddexp.reduce(values[ends] - total))
+        chosen = values[ends]
+        top = float(chosen.max())
+        end_logprob = top + math.log(float(np.exp(chosen - top).sum())) - total
     # the last word: its tokens back to the one that starts it (a space, or punctuation)
     word = []
     while last >= 0:
