@@ -86,6 +86,7 @@ SHORT = [
 of them)."""
 VOICES = ["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"]
 RATE = 24000
+BYTES_PER_MS = RATE // 1000 * 2  # PCM16 mono
 CHUNK_MS = 20
 LEAD_MS = 500  # silence before the speech
 TAIL_MS = 9000  # silence after it: longer than the longest maximum wait (low, 8 s)
@@ -203,7 +204,7 @@ def run(clip: Clip, detector: TurnDetector, stt: Transcriber) -> Outcome:
             if pending is None:
                 break
             began = time.perf_counter()
-            heard = stt.hear(clip.pcm[start_ms * RATE // 1000 * 2 : pending.pause_ms * 48])
+            heard = stt.hear(clip.pcm[start_ms * BYTES_PER_MS : pending.pause_ms * BYTES_PER_MS])
             out.hearing_ms.append((time.perf_counter() - began) * 1000)
             events = detector.resume(heard.ending)
         check = detector.last_check

@@ -169,12 +169,14 @@ class Speculator:
         end the turn's words as they end."""
         speech = self.context.speech
         assert speech is not None
-        tc = self.context.config().transcription
+        config = self.context.config()
+        tc, td = config.transcription, config.turn_detection
         language, prompt = (tc.language, tc.prompt) if tc else (None, None)
         before = (await asyncio.shield(upto)).text if upto is not None else ""
         if before:
             prompt = " ".join(p for p in (prompt, before[-PROMPT_CHARS:]) if p)
-        heard: Heard = await speech.hear(audio, language=language, prompt=prompt)
+        judged = td is not None and td.type == "semantic_vad"  # only its pauses read the end
+        heard: Heard = await speech.hear(audio, language=language, prompt=prompt, ending=judged)
         return Heard(" ".join(w for w in (before, heard.text) if w), heard.ending)
 
     def _keep_segment(self) -> None:

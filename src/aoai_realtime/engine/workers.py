@@ -244,16 +244,22 @@ class SharedSpeech:
     async def transcribe(
         self, pcm16_24k: bytes, language: str | None = None, prompt: str | None = None
     ) -> str:
-        return (await self.hear(pcm16_24k, language, prompt)).text
+        return (await self.hear(pcm16_24k, language, prompt, ending=False)).text
 
     async def hear(
-        self, pcm16_24k: bytes, language: str | None = None, prompt: str | None = None
+        self,
+        pcm16_24k: bytes,
+        language: str | None = None,
+        prompt: str | None = None,
+        *,
+        ending: bool = True,
     ) -> Any:
-        """The transcription with how it ends (:class:`~.speech.stt.Heard`)."""
+        """The transcription with how it ends if ``ending`` (:class:`~.speech.stt.Heard`)."""
         loop = asyncio.get_running_loop()
         stt = self.transcriber
         return await loop.run_in_executor(
-            self._stt, lambda: stt.hear(pcm16_24k, language=language, prompt=prompt)
+            self._stt,
+            lambda: stt.hear(pcm16_24k, language=language, prompt=prompt, ending=ending),
         )
 
     # ------------------------------------------------------------------ TTS

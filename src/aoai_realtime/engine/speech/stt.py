@@ -163,15 +163,18 @@ class Transcriber:
         ``language`` is accepted for the protocol's sake, but tiny.en only knows English, so any
         value decodes as English. ``prompt`` is whisper's initial prompt (spellings, context).
         """
-        return self.hear(pcm16_24k, language, prompt).text
+        return self.hear(pcm16_24k, language, prompt, ending=False).text
 
     def hear(
         self,
         pcm16_24k: bytes | bytearray | memoryview,
         language: str | None = None,
         prompt: str | None = None,
+        *,
+        ending: bool = True,
     ) -> Heard:
-        """As :meth:`transcribe`, with how sure whisper was of the end of the utterance."""
+        """As :meth:`transcribe`, with how sure whisper was of the end of the utterance
+        (``ending=False``: not asked for; the decoder then returns no logits)."""
         del language  # tiny.en is English-only; faster-whisper forces "en" anyway
         usable = len(pcm16_24k) - len(pcm16_24k) % 2
         samples = np.frombuffer(bytes(pcm16_24k[:usable]), dtype="<i2").astype(np.float32)
@@ -181,17 +184,21 @@ class Transcriber:
         if float(np.max(np.abs(samples))) < SILENCE_PEAK:
             return Heard("")
         audio = np.asarray(soxr.resample(samples, INPUT_RATE, WHISPER_RATE, quality="HQ"))
-        return self._decode(audio.astype(np.float32, copy=False), prompt)
+        return self._decode(audio.astype(np.float32, copy=False), prompt, ending)
 
-    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None) -> Heard:
+    def _decode(
+        self, audio: npt.NDArray[np.float32], prompt: str | None, ending: bool = False
+    ) -> Heard:
         seconds = audio.shape[0] / WHISPER_RATE
         with self._lock:
             if seconds * FRAMES_PER_SECOND + WINDOW_PAD_FRAMES < WINDOW_MAX_FRAMES:
                 features = self._model.feature_extractor(audio)
-                return self._decode_window(features, seconds, prompt)
+                return self._decode_window(features, seconds, prompt, ending)
             return Heard(self._decode_segments(audio, prompt))  # faster-whisper's features
 
-    def _decode_window(self, features: Any, seconds: float, prompt: str | None) -> Heard:
+    def _decode_window(
+        self, features: Any, seconds: float, prompt: str | None, ending: bool
+    ) -> Heard:
         """One decoding in a window as long as the speech (see the module's docstring)."""
         tok = self._tokenizer
         frames = max(WINDOW_MIN_FRAMES, features.shape[-1] + WINDOW_PAD_FRAMES)
@@ -213,7 +220,7 @@ class Transcriber:
             suppress_blank=True,
             suppress_tokens=self._suppressed,
             return_scores=True,
-            return_logits_vocab=True,
+            return_logits_vocab=ending,
             return_no_speech_prob=True,
         )
         ids = result.sequences_ids[0]
@@ -223,8 +230,8 @@ class Transcriber:
         if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < NO_SPEECH_LOGPROB:
             return Heard("")
         text = _words_or_nothing(str(tok.decode(tokens)))
-        if not text:
-            return Heard("")
+        if not text or not ending:
+            return Heard(text)
         pieces = [str(tok.decode([t])) for t in tokens]
         return Heard(text, _ending(pieces, result.logits[0], tokens, self._ends))
 

@@ -482,13 +482,11 @@ class TurnDetector:
             k = self._awaiting_frame
             if ending is None:
                 complete = self._ask_model(k, rule.threshold)
-            elif not rule.finished(ending) and rule.needs_confirmation(ending):
+            elif rule.needs_confirmation(ending) and not rule.finished(ending):
                 complete = self._ask_model(k, rule.confirmation_threshold(ending), ending)
             else:
                 complete = rule.finished(ending)
-                self.last_check = TurnCheck(
-                    awaiting.pause_ms, awaiting.audio_ms, None, complete, ending
-                )
+                self.last_check = TurnCheck(*self._at(k), None, complete, ending)
             events = [self._stop(k)] if complete else []
             return events + self._run()
 
@@ -540,10 +538,7 @@ class TurnDetector:
         if rule is not None and not self._checked and paused >= rule.pause_ms:
             self._checked = True
             if self.hears_words:
-                self._awaiting = PendingCheck(
-                    pause_ms=self._offset_ms + self._frame_ms(self._silence_start),
-                    audio_ms=self._offset_ms + self._frame_ms(k + 1),
-                )
+                self._awaiting = PendingCheck(*self._at(k))
                 self._awaiting_frame = k
                 return None
             complete = self._ask_model(k, rule.threshold)
@@ -595,15 +590,17 @@ class TurnDetector:
             self._end_of_turn = EndOfTurnModel.shared()
         probability = self._end_of_turn.probability(self._utterance(k))
         complete = probability >= threshold
-        assert self._silence_start is not None
-        self.last_check = TurnCheck(
-            pause_ms=self._offset_ms + self._frame_ms(self._silence_start),
-            audio_ms=self._offset_ms + self._frame_ms(k + 1),
-            probability=probability,
-            complete=complete,
-            ending=ending,
-        )
+        self.last_check = TurnCheck(*self._at(k), probability, complete, ending)
         return complete
+
+    def _at(self, k: int) -> tuple[int, int]:
+        """Where the current pause began and where frame ``k`` ends (the session's ms): the
+        ``pause_ms`` and ``audio_ms`` of a check made at frame ``k``."""
+        assert self._silence_start is not None
+        return (
+            self._offset_ms + self._frame_ms(self._silence_start),
+            self._offset_ms + self._frame_ms(k + 1),
+        )
 
     def __repr__(self) -> str:
         semantic = f", eagerness={self.eagerness!r}" if self.eagerness is not None else ""
